@@ -1,0 +1,79 @@
+//! `GET /events` (alias `GET /sse`): the event stream.
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::auth::StreamCaller;
+use crate::error::ApiError;
+use crate::names;
+use crate::state::AppState;
+use crate::stream::{ChannelFilter, Start, StreamOptions, Subscription};
+
+/// Query parameters of the stream.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    /// Comma-separated channels; default every channel the caller may read.
+    pub channels: Option<String>,
+    /// Resume point when the client cannot send the `Last-Event-ID` header.
+    pub last_event_id: Option<String>,
+    /// `true` for the JSON envelope.
+    pub envelope: Option<String>,
+}
+
+/// `GET /events`.
+pub async fn events(
+    State(state): State<AppState>,
+    StreamCaller(caller): StreamCaller,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let channels = match query.channels.as_deref() {
+        Some(list) => {
+            let channels = names::parse_channel_list(list).map_err(ApiError::bad_request)?;
+            for channel in &channels {
+                caller.require_read(channel)?;
+            }
+            Some(channels)
+        }
+        None => None,
+    };
+    let envelope = match query.envelope.as_deref() {
+        None | Some("false" | "0" | "") => false,
+        Some("true" | "1") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("envelope must be true or false, got '{other}'"))),
+    };
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref());
+    let start = Start::from_last_event_id(last_event_id);
+    if !state.is_ready() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    let Some(slot) = state.hub.open_stream() else {
+        state.metrics.refused_streams.inc();
+        return Err(ApiError::unavailable("too many open streams"));
+    };
+    let options = StreamOptions {
+        filter: ChannelFilter::new(channels, caller.clone()),
+        envelope,
+        start,
+        expires_at: caller.expires_at,
+    };
+    let subscription = Subscription::new(&state, options, slot);
+    Ok(sse_response(Body::from_stream(subscription.into_stream())))
+}
+
+/// Wraps a stream body with the headers an SSE response needs.
+pub fn sse_response(body: Body) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell reverse proxies (nginx) not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

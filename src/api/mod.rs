@@ -1,0 +1,78 @@
+//! The HTTP API: one module per resource, assembled into a [`Router`] here.
+//!
+//! - [`insert`]: `POST /insert`
+//! - [`events`]: `GET /events`, `GET /sse`
+//! - [`audit`]: `GET /audit/{event}`, `GET /history/{event}`
+//! - [`users`]: `POST /users`, `POST /login`, `DELETE /users/{username}`
+//! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`
+//! - [`body`]: the JSON body extractor shared by the POST endpoints
+
+pub mod audit;
+pub mod body;
+pub mod events;
+pub mod health;
+pub mod insert;
+pub mod users;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::routing::{delete, get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every route of Broker with its middleware, ready to serve or to nest into another app.
+pub fn router(state: AppState) -> Router {
+    let body_limit = usize::try_from(state.config.max_body).unwrap_or(usize::MAX);
+    let cors = cors(&state.config.origin);
+    Router::new()
+        .route("/", get(health::health).head(health::health))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/users", post(users::create_user))
+        .route("/users/{username}", delete(users::revoke_user))
+        .route("/login", post(users::login))
+        .route("/insert", post(insert::insert))
+        .route("/events", get(events::events))
+        .route("/sse", get(events::events))
+        .route("/audit/{event}", get(audit::audit))
+        .route("/history/{event}", get(audit::history))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// CORS from `--origin`: `*` allows any origin (without credentials); a list of origins allows
+/// those, with credentials (the login cookie).
+fn cors(origin: &str) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("last-event-id")])
+        .max_age(std::time::Duration::from_secs(3600));
+    let origins: Vec<HeaderValue> = origin
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty() && *o != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origin.split(',').any(|o| o.trim() == "*") || origins.is_empty() {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        layer.allow_origin(origins).allow_credentials(true)
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}

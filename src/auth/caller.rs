@@ -1,0 +1,115 @@
+//! The authenticated caller of a request, as axum extractors.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::Grants;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::User;
+
+/// Who is calling and what they may do. Extracting it authenticates the request (401 on failure).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Username; `None` for the anonymous caller of open mode.
+    pub user: Option<String>,
+    /// Permissions.
+    pub grants: Grants,
+    /// When the credentials expire (Unix seconds), for tokens.
+    pub expires_at: Option<u64>,
+}
+
+impl Caller {
+    /// The anonymous caller of `--no-auth` mode: allowed everything.
+    pub fn anonymous() -> Self {
+        Self { user: None, grants: Grants::all(), expires_at: None }
+    }
+
+    /// A signed-in user with the grants currently stored for them.
+    pub fn user(user: &User, expires_at: Option<u64>) -> Self {
+        Self {
+            user: Some(user.username.clone()),
+            grants: Grants { admin: user.admin, read: user.read.clone(), write: user.write.clone() },
+            expires_at,
+        }
+    }
+
+    /// Whether the caller may read `channel`.
+    pub fn can_read(&self, channel: &str) -> bool {
+        self.grants.can_read(self.user.as_deref(), channel)
+    }
+
+    /// 403 unless the caller may read `channel`.
+    ///
+    /// # Errors
+    /// 403 naming the channel.
+    pub fn require_read(&self, channel: &str) -> Result<(), ApiError> {
+        if self.can_read(channel) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("not allowed to read channel '{channel}'")))
+        }
+    }
+
+    /// 403 unless the caller may write `channel`.
+    ///
+    /// # Errors
+    /// 403 naming the channel.
+    pub fn require_write(&self, channel: &str) -> Result<(), ApiError> {
+        if self.grants.can_write(self.user.as_deref(), channel) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("not allowed to write channel '{channel}'")))
+        }
+    }
+
+    /// 403 unless the caller is an admin.
+    ///
+    /// # Errors
+    /// 403.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.grants.admin { Ok(()) } else { Err(ApiError::forbidden("admin only")) }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.auth.authenticate(parts, false).await
+    }
+}
+
+/// A [`Caller`] on an SSE endpoint, where `?access_token=` is also accepted.
+#[derive(Debug, Clone)]
+pub struct StreamCaller(pub Caller);
+
+impl FromRequestParts<AppState> for StreamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.auth.authenticate(parts, true).await.map(StreamCaller)
+    }
+}
+
+/// The caller if credentials were sent, `None` if none were (for endpoints that are public but
+/// behave differently for admins, like signup).
+#[derive(Debug, Clone)]
+pub struct MaybeCaller(pub Option<Caller>);
+
+impl FromRequestParts<AppState> for MaybeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let has_credentials = parts.headers.contains_key(axum::http::header::AUTHORIZATION)
+            || parts
+                .headers
+                .get_all(axum::http::header::COOKIE)
+                .iter()
+                .any(|c| c.to_str().is_ok_and(|c| c.contains(super::COOKIE_NAME)));
+        if !has_credentials {
+            return Ok(Self(None));
+        }
+        state.auth.authenticate(parts, false).await.map(|c| Self(Some(c)))
+    }
+}

@@ -1,0 +1,131 @@
+//! Opening a Broker ([`App`]) and serving it over HTTP or HTTPS until a shutdown signal.
+//!
+//! Shutdown order: stop accepting connections and mark `/ready` 503, end every stream, let
+//! in-flight requests (inserts waiting for their commit) finish, then close the store, which
+//! finishes queued commits before it returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::Error;
+use crate::api;
+use crate::auth::{Auth, jwt};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
+pub struct App {
+    state: AppState,
+}
+
+impl App {
+    /// Opens the store in `config.db` and prepares everything a request needs.
+    ///
+    /// # Errors
+    /// Invalid flag combinations, an unusable database directory or a locked database.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        install_crypto_provider();
+        let hub = Arc::new(Hub::new(
+            usize::try_from(config.stream_buffer).unwrap_or(usize::MAX),
+            config.max_streams,
+        ));
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.db, hub.clone())?);
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.as_bytes().to_vec(),
+            None => jwt::load_or_create_secret(&config.db)
+                .map_err(|e| Error::Config(format!("cannot keep the JWT secret in {}: {e}", config.db.display())))?,
+        };
+        let auth = Arc::new(Auth::new(&config, &secret, store.clone()));
+        if let Some(admin) = &config.admin {
+            auth.ensure_admin(admin).await?;
+        }
+        if config.no_auth {
+            tracing::warn!("authentication is off (--no-auth): anyone can read and write every channel");
+        }
+        let state = AppState::new(Arc::new(config), store, hub, auth, Arc::new(Metrics::new()));
+        Ok(Self { state })
+    }
+
+    /// The routes, to serve or to nest into another axum app.
+    pub fn router(&self) -> Router {
+        api::router(self.state.clone())
+    }
+
+    /// The shared state (store, hub, metrics, configuration).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Ends every stream and closes the store after its queued commits.
+    pub async fn close(self) {
+        self.state.begin_shutdown();
+        self.state.store.close().await;
+    }
+}
+
+/// Installs ring as the process's rustls crypto provider (once; later calls are no-ops).
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Serves `config` until `shutdown` completes, then shuts down gracefully.
+///
+/// # Errors
+/// When the server cannot start (configuration, store, TLS files, address in use).
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let addr = SocketAddr::new(config.host, config.port);
+    let tls = match (config.tls_enabled(), &config.tls_cert, &config.tls_key) {
+        (true, Some(cert), Some(key)) => {
+            install_crypto_provider();
+            Some(RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
+                Error::Config(format!(
+                    "cannot load TLS certificate {} / key {} (--tls-cert / --tls-key): {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let timeout = Duration::from_secs(config.shutdown_timeout);
+    let app = App::open(config).await?;
+    let router = app.router();
+    let handle = Handle::new();
+
+    let state = app.state().clone();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, ending streams");
+        state.begin_shutdown();
+        stopper.graceful_shutdown(Some(timeout));
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let announcer = handle.clone();
+    tokio::spawn(async move {
+        if let Some(bound) = announcer.listening().await {
+            tracing::info!("listening on {scheme}://{bound}");
+        }
+    });
+
+    let service = router.into_make_service();
+    let result = match tls {
+        Some(tls) => axum_server::bind_rustls(addr, tls).handle(handle).serve(service).await,
+        None => axum_server::bind(addr).handle(handle).serve(service).await,
+    };
+    app.close().await;
+    result.map_err(|e| Error::Listen(addr, e))?;
+    tracing::info!("stopped");
+    Ok(())
+}

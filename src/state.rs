@@ -1,0 +1,62 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Shared state of a running Broker, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration it was started with.
+    pub config: Arc<Config>,
+    /// Durable records and users.
+    pub store: Arc<dyn Store>,
+    /// Live fan-out.
+    pub hub: Arc<Hub>,
+    /// Credentials and tokens.
+    pub auth: Arc<Auth>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins: streams end, `/ready` turns 503.
+    pub shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State over an open store.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        auth: Arc<Auth>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            hub,
+            auth,
+            metrics,
+            shutdown: CancellationToken::new(),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether the server accepts work (store open, not shutting down).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
+    /// Starts shutting down: `/ready` answers 503 and open streams end.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+    }
+}

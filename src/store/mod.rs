@@ -1,0 +1,152 @@
+//! Durable storage of records and users, behind the [`Store`] trait.
+//!
+//! The HTTP layer only ever talks to a `dyn Store`, so the embedded store ([`embedded`]) and the
+//! cluster store are interchangeable. Every implementation must pass the conformance suite in
+//! `conformance.rs`.
+//!
+//! A store reports every commit, in id order, to its [`CommitListener`] (the hub) *before* it
+//! acknowledges the append. That single ordered feed is what the live streams are built on.
+
+pub mod embedded;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// One stored version of an event. Immutable once committed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the global commit order (strictly increasing, starts at 1).
+    pub id: u64,
+    /// Channel the record was published to.
+    pub channel: String,
+    /// Event name.
+    pub event: String,
+    /// Commit time in microseconds since the Unix epoch; unique per record.
+    pub timestamp: u64,
+    /// User who inserted it (`None` when authentication is off and the caller was anonymous).
+    pub user: Option<String>,
+    /// The event's data: compact JSON (one line).
+    pub data: Box<RawValue>,
+    /// SSE frames of this record, encoded at most once and shared by every subscriber:
+    /// index 0 the plain frame, index 1 the enveloped one.
+    #[serde(skip)]
+    pub(crate) frames: [OnceLock<Bytes>; 2],
+}
+
+impl Record {
+    /// A record as a store builds it after assigning id and timestamp.
+    pub fn new(
+        id: u64,
+        channel: String,
+        event: String,
+        timestamp: u64,
+        user: Option<String>,
+        data: Box<RawValue>,
+    ) -> Self {
+        Self { id, channel, event, timestamp, user, data, frames: Default::default() }
+    }
+}
+
+/// An event to append: the store assigns its id and timestamp.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// Target channel (already validated).
+    pub channel: String,
+    /// Event name (already validated).
+    pub event: String,
+    /// Inserting user, if any.
+    pub user: Option<String>,
+    /// Compact JSON data.
+    pub data: Box<RawValue>,
+}
+
+/// A user account as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Unique name (`^[A-Za-z0-9_.@-]{1,64}$`).
+    pub username: String,
+    /// Argon2 hash in PHC string format.
+    pub password_hash: String,
+    /// Admins may do everything, including managing users.
+    #[serde(default)]
+    pub admin: bool,
+    /// Channel patterns the user may read.
+    pub read: Vec<String>,
+    /// Channel patterns the user may write.
+    pub write: Vec<String>,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_at: u64,
+    /// A revoked user can no longer authenticate; the name stays taken.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store is closed (shutting down).
+    #[error("store is closed")]
+    Closed,
+    /// The underlying storage failed.
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Receives every committed batch of records, in id order, before the appends are acknowledged.
+pub trait CommitListener: Send + Sync + 'static {
+    /// Called once per commit with the new records in id order.
+    fn committed(&self, records: &[Arc<Record>]);
+}
+
+/// Where records and users live. Implementations must be safe to share between tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends a batch atomically (all or none) and returns the records once they are durable.
+    async fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Arc<Record>>, StoreError>;
+
+    /// Id of the newest record, 0 when empty.
+    async fn last_id(&self) -> Result<u64, StoreError>;
+
+    /// Latest version of every (channel, event), restricted to `channels` when given, in id order.
+    async fn latest(&self, channels: Option<Vec<String>>) -> Result<Vec<Arc<Record>>, StoreError>;
+
+    /// Latest version of one (channel, event).
+    async fn latest_of(&self, channel: &str, event: &str) -> Result<Option<Arc<Record>>, StoreError>;
+
+    /// Up to `limit` records with an id greater than `after`, in id order, every channel.
+    async fn since(&self, after: u64, limit: usize) -> Result<Vec<Arc<Record>>, StoreError>;
+
+    /// Up to `limit` versions of one (channel, event) with an id greater than `after`, oldest first.
+    async fn versions(
+        &self,
+        channel: &str,
+        event: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError>;
+
+    /// Creates a user; [`StoreError::Conflict`] when the name is taken.
+    async fn create_user(&self, user: User) -> Result<(), StoreError>;
+
+    /// Creates or replaces a user.
+    async fn put_user(&self, user: User) -> Result<(), StoreError>;
+
+    /// Looks a user up by name.
+    async fn user(&self, username: &str) -> Result<Option<User>, StoreError>;
+
+    /// Finishes queued writes and closes; later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+}

@@ -1,0 +1,371 @@
+//! One subscriber's event stream: history from the store, then live records from the hub.
+//!
+//! The order of operations is the heart of the server. The stream registers with the hub
+//! *before* it reads the snapshot or the replay from the store, and afterwards drops every live
+//! record whose id is not greater than the last one it has dealt with (its cursor). Whatever
+//! commits while the store is being read is therefore in the hub's ring: nothing is missed and
+//! nothing is sent twice. A stream that falls behind the ring goes back to reading the store from
+//! its cursor, then rejoins the live feed the same way.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::Receiver;
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Caller;
+use crate::hub::{HubMessage, StreamSlot};
+use crate::metrics::Metrics;
+use crate::sse;
+use crate::state::AppState;
+use crate::store::{Record, Store};
+
+/// Records read from the store per page of a replay.
+const REPLAY_PAGE: usize = 1000;
+/// Records encoded into one chunk of a snapshot.
+const SNAPSHOT_CHUNK: usize = 512;
+/// Live records merged into one write when several are waiting.
+const LIVE_BATCH: usize = 256;
+
+/// Where a new stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The latest version of every (channel, event), then live.
+    Snapshot,
+    /// Every record after this id, then live (`Last-Event-ID`).
+    After(u64),
+    /// The client named an id Broker does not know: `$reset`, then the snapshot.
+    Unknown(String),
+}
+
+impl Start {
+    /// Interprets a `Last-Event-ID` value.
+    pub fn from_last_event_id(value: Option<&str>) -> Self {
+        match value.map(str::trim) {
+            None | Some("") => Self::Snapshot,
+            Some(raw) => raw.parse().map_or_else(|_| Self::Unknown(raw.to_owned()), Self::After),
+        }
+    }
+}
+
+/// Which records a stream may see: the channels it asked for and the caller may read.
+#[derive(Debug, Clone)]
+pub struct ChannelFilter {
+    requested: Option<HashSet<String>>,
+    caller: Caller,
+}
+
+impl ChannelFilter {
+    /// A filter for `caller`, restricted to `channels` when given (already permission-checked).
+    pub fn new(channels: Option<Vec<String>>, caller: Caller) -> Self {
+        Self { requested: channels.map(|c| c.into_iter().collect()), caller }
+    }
+
+    /// Whether a record of `channel` goes to this stream.
+    pub fn allows(&self, channel: &str) -> bool {
+        self.requested.as_ref().is_none_or(|r| r.contains(channel)) && self.caller.can_read(channel)
+    }
+
+    fn requested(&self) -> Option<Vec<String>> {
+        self.requested.as_ref().map(|r| r.iter().cloned().collect())
+    }
+}
+
+/// How a stream is to behave.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Which channels it carries.
+    pub filter: ChannelFilter,
+    /// Whether records are sent in the JSON envelope.
+    pub envelope: bool,
+    /// Snapshot or replay.
+    pub start: Start,
+    /// When the caller's credentials expire (Unix seconds): the stream ends then.
+    pub expires_at: Option<u64>,
+}
+
+enum Phase {
+    Start,
+    Initial,
+    Snapshot(std::vec::IntoIter<Arc<Record>>),
+    Replay { announce_synced: bool },
+    Live,
+    Done,
+}
+
+/// What woke a live stream.
+enum Wake {
+    Shutdown,
+    Expired,
+    Message(Result<HubMessage, RecvError>),
+    KeepAlive,
+}
+
+/// A subscriber's stream state. Create it in the request handler, so it registers with the hub
+/// before anything is read from the store.
+pub struct Subscription {
+    rx: Receiver<HubMessage>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    options: StreamOptions,
+    phase: Phase,
+    retry_ms: u64,
+    /// Every record with an id up to this one has been sent or deliberately skipped.
+    cursor: u64,
+    /// Id of the last record sent, for `$synced`.
+    last_sent: Option<u64>,
+    keepalive: Interval,
+    deadline: Option<Pin<Box<Sleep>>>,
+    shutdown: CancellationToken,
+    _slot: StreamSlot,
+}
+
+impl Subscription {
+    /// Registers with the hub now; nothing is read until the stream is polled.
+    pub fn new(state: &AppState, options: StreamOptions, slot: StreamSlot) -> Self {
+        let rx = state.hub.subscribe();
+        let period = state.config.keepalive_interval();
+        let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let deadline = options.expires_at.map(|exp| {
+            let left = exp.saturating_sub(crate::auth::jwt::now_secs());
+            Box::pin(tokio::time::sleep(Duration::from_secs(left)))
+        });
+        state.metrics.subscribers.inc();
+        Self {
+            rx,
+            store: state.store.clone(),
+            metrics: state.metrics.clone(),
+            options,
+            phase: Phase::Start,
+            retry_ms: state.config.retry_ms,
+            cursor: 0,
+            last_sent: None,
+            keepalive,
+            deadline,
+            shutdown: state.shutdown.clone(),
+            _slot: slot,
+        }
+    }
+
+    /// The stream of SSE bytes, ending at shutdown, credential expiry or revocation.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut sub| async move {
+            sub.next_chunk().await.map(|chunk| (Ok(chunk), sub))
+        })
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.phase = Phase::Done;
+            }
+            let mut chunk = BytesMut::new();
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Start => {
+                    self.phase = Phase::Initial;
+                    return Some(sse::retry(self.retry_ms));
+                }
+                Phase::Initial => match self.begin(&mut chunk).await {
+                    Ok(()) => {}
+                    Err(e) => return Some(self.fail(&e)),
+                },
+                Phase::Snapshot(mut records) => {
+                    for record in records.by_ref().take(SNAPSHOT_CHUNK) {
+                        self.cursor = self.cursor.max(record.id);
+                        self.send(&record, &mut chunk);
+                    }
+                    if records.len() == 0 {
+                        self.put_synced(&mut chunk);
+                        self.phase = Phase::Live;
+                    } else {
+                        self.phase = Phase::Snapshot(records);
+                    }
+                }
+                Phase::Replay { announce_synced } => {
+                    let page = match self.store.since(self.cursor, REPLAY_PAGE).await {
+                        Ok(page) => page,
+                        Err(e) => return Some(self.fail(&e.to_string())),
+                    };
+                    for record in &page {
+                        self.cursor = record.id;
+                        if self.options.filter.allows(&record.channel) {
+                            self.send(record, &mut chunk);
+                        }
+                    }
+                    if page.len() < REPLAY_PAGE {
+                        if announce_synced {
+                            self.put_synced(&mut chunk);
+                        }
+                        self.phase = Phase::Live;
+                    } else {
+                        self.phase = Phase::Replay { announce_synced };
+                    }
+                }
+                Phase::Live => {
+                    self.phase = Phase::Live;
+                    match self.wait().await {
+                        Wake::Shutdown => self.phase = Phase::Done,
+                        Wake::Expired => return Some(self.end("token expired")),
+                        Wake::KeepAlive => return Some(sse::comment("keep-alive")),
+                        Wake::Message(Err(RecvError::Closed)) => self.phase = Phase::Done,
+                        Wake::Message(Err(RecvError::Lagged(_))) => self.lagged(),
+                        Wake::Message(Ok(message)) => {
+                            if let Some(reason) = self.accept(message, &mut chunk) {
+                                return Some(self.end_after(chunk, reason));
+                            }
+                            self.drain(&mut chunk);
+                        }
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                return Some(chunk.freeze());
+            }
+        }
+    }
+
+    /// Decides between snapshot and replay and queues the first frames (`$reset`).
+    async fn begin(&mut self, chunk: &mut BytesMut) -> Result<(), String> {
+        let start = match self.options.start.clone() {
+            Start::After(id) => {
+                let last = self.store.last_id().await.map_err(|e| e.to_string())?;
+                if id <= last {
+                    self.cursor = id;
+                    self.last_sent = Some(id);
+                    self.phase = Phase::Replay { announce_synced: true };
+                    return Ok(());
+                }
+                Start::Unknown(id.to_string())
+            }
+            other => other,
+        };
+        if let Start::Unknown(raw) = start {
+            let data = serde_json::json!({ "reason": "unknown event id", "last_event_id": raw }).to_string();
+            chunk.put(sse::event(None, "$reset", &data));
+        }
+        let records = self.store.latest(self.options.filter.requested()).await.map_err(|e| e.to_string())?;
+        let readable: Vec<Arc<Record>> =
+            records.into_iter().filter(|r| self.options.filter.allows(&r.channel)).collect();
+        self.phase = Phase::Snapshot(readable.into_iter());
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Wake {
+        let Self { rx, keepalive, shutdown, deadline, .. } = self;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Wake::Shutdown,
+            () = until(deadline) => Wake::Expired,
+            message = rx.recv() => Wake::Message(message),
+            _ = keepalive.tick() => Wake::KeepAlive,
+        }
+    }
+
+    /// Handles a hub message; returns a reason when the stream must end.
+    fn accept(&mut self, message: HubMessage, chunk: &mut BytesMut) -> Option<&'static str> {
+        match message {
+            HubMessage::Record(record) => {
+                if record.id > self.cursor {
+                    self.cursor = record.id;
+                    if self.options.filter.allows(&record.channel) {
+                        self.send(&record, chunk);
+                    }
+                }
+                None
+            }
+            HubMessage::Revoked(user) => {
+                (self.options.filter.caller.user.as_deref() == Some(&*user)).then_some("user revoked")
+            }
+        }
+    }
+
+    /// Merges whatever else is already waiting into the same write.
+    fn drain(&mut self, chunk: &mut BytesMut) {
+        for _ in 0..LIVE_BATCH {
+            match self.rx.try_recv() {
+                Ok(message) => {
+                    if let Some(reason) = self.accept(message, chunk) {
+                        chunk.put(end_frame(reason));
+                        self.phase = Phase::Done;
+                        return;
+                    }
+                }
+                Err(TryRecvError::Lagged(_)) => {
+                    self.lagged();
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn lagged(&mut self) {
+        self.metrics.slow_subscribers.inc();
+        self.phase = Phase::Replay { announce_synced: false };
+    }
+
+    fn send(&mut self, record: &Record, chunk: &mut BytesMut) {
+        chunk.put(sse::record_frame(record, self.options.envelope));
+        self.last_sent = Some(record.id);
+        self.metrics.deliveries.inc();
+    }
+
+    fn put_synced(&self, chunk: &mut BytesMut) {
+        let id = self.last_sent.unwrap_or(0).to_string();
+        chunk.put(sse::event(None, "$synced", &serde_json::json!({ "id": id }).to_string()));
+    }
+
+    fn end(&mut self, reason: &str) -> Bytes {
+        self.phase = Phase::Done;
+        end_frame(reason)
+    }
+
+    fn end_after(&mut self, mut chunk: BytesMut, reason: &str) -> Bytes {
+        chunk.put(self.end(reason));
+        chunk.freeze()
+    }
+
+    fn fail(&mut self, error: &str) -> Bytes {
+        tracing::error!(error, "event stream failed");
+        self.end("internal error")
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.metrics.subscribers.dec();
+    }
+}
+
+fn end_frame(reason: &str) -> Bytes {
+    sse::event(None, "$error", &serde_json::json!({ "error": reason }).to_string())
+}
+
+async fn until(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_id_values() {
+        assert_eq!(Start::from_last_event_id(None), Start::Snapshot);
+        assert_eq!(Start::from_last_event_id(Some(" ")), Start::Snapshot);
+        assert_eq!(Start::from_last_event_id(Some("42")), Start::After(42));
+        assert_eq!(Start::from_last_event_id(Some("abc")), Start::Unknown("abc".into()));
+    }
+}
