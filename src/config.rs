@@ -22,7 +22,11 @@ pub enum Signup {
 
 /// The whole configuration of a Broker server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "broker", version, about = "Real-time event server: insert JSON events, stream them over SSE")]
+#[command(
+    name = "broker",
+    version,
+    about = "Real-time event server: insert JSON events, stream them over SSE"
+)]
 pub struct Config {
     /// TCP port to listen on (0 picks a free port and logs it).
     #[arg(long, env = "PORT", default_value_t = 8080)]
@@ -42,7 +46,12 @@ pub struct Config {
 
     /// Secret that signs the JWTs (HS256). When absent a random one is generated once and kept in
     /// the database directory.
-    #[arg(long, env = "BROKER_JWT_SECRET", alias = "jwt_secret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BROKER_JWT_SECRET",
+        alias = "jwt_secret",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// Lifetime of an issued JWT, in seconds.
@@ -138,7 +147,9 @@ impl Config {
     /// A message naming the flag at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.tls_enabled() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
-            return Err("--secure needs --tls-cert (--cert_path) and --tls-key (--key_path)".into());
+            return Err(
+                "--secure needs --tls-cert (--cert_path) and --tls-key (--key_path)".into(),
+            );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key must be given together".into());

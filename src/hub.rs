@@ -33,7 +33,11 @@ impl Hub {
     /// A hub whose ring holds `capacity` messages and which admits at most `max_streams` streams.
     pub fn new(capacity: usize, max_streams: u64) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Self { tx, open_streams: Arc::new(AtomicU64::new(0)), max_streams }
+        Self {
+            tx,
+            open_streams: Arc::new(AtomicU64::new(0)),
+            max_streams,
+        }
     }
 
     /// Registers a new receiver; it sees every message published from now on.
@@ -50,7 +54,9 @@ impl Hub {
     pub fn open_stream(&self) -> Option<StreamSlot> {
         let counter = self.open_streams.clone();
         let admitted = counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_streams).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_streams).then_some(n + 1)
+            })
             .is_ok();
         admitted.then(|| StreamSlot { counter })
     }

@@ -84,7 +84,10 @@ impl Broker {
     ///
     /// # Errors
     /// See [`Error`].
-    pub async fn serve_until(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    pub async fn serve_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
         server::serve(self.config, signal).await
     }
 
@@ -119,5 +122,8 @@ pub async fn broker_run(origin: String) -> std::io::Result<()> {
     init_logging();
     let mut config = Config::from_env().map_err(std::io::Error::other)?;
     config.origin = origin;
-    Broker::new(config).serve().await.map_err(std::io::Error::other)
+    Broker::new(config)
+        .serve()
+        .await
+        .map_err(std::io::Error::other)
 }

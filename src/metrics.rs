@@ -35,15 +35,35 @@ impl Metrics {
         let commit_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 14));
         registry.register("subscribers", "Open event streams", subscribers.clone());
         registry.register("inserts", "Records stored", inserts.clone());
-        registry.register("deliveries", "Records written to event streams", deliveries.clone());
+        registry.register(
+            "deliveries",
+            "Records written to event streams",
+            deliveries.clone(),
+        );
         registry.register(
             "slow_subscribers",
             "Slow streams that fell behind their buffer and were caught up from the store",
             slow_subscribers.clone(),
         );
-        registry.register("refused_streams", "Streams refused at --max-streams", refused_streams.clone());
-        registry.register("store_commit_seconds", "Time until an append is durable", commit_seconds.clone());
-        Self { registry, subscribers, inserts, deliveries, slow_subscribers, refused_streams, commit_seconds }
+        registry.register(
+            "refused_streams",
+            "Streams refused at --max-streams",
+            refused_streams.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time until an append is durable",
+            commit_seconds.clone(),
+        );
+        Self {
+            registry,
+            subscribers,
+            inserts,
+            deliveries,
+            slow_subscribers,
+            refused_streams,
+            commit_seconds,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

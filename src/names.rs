@@ -16,7 +16,9 @@ pub fn check_event(name: &str) -> Result<(), String> {
         return Err("event name must not contain control characters".into());
     }
     if name.starts_with('$') {
-        return Err(format!("event name '{name}' is reserved: names beginning with '$' belong to Broker"));
+        return Err(format!(
+            "event name '{name}' is reserved: names beginning with '$' belong to Broker"
+        ));
     }
     Ok(())
 }
@@ -28,7 +30,9 @@ pub fn check_event(name: &str) -> Result<(), String> {
 pub fn check_channel(name: &str) -> Result<(), String> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || "_.:/@-".contains(c);
     if name.is_empty() || name.len() > 128 || !name.chars().all(valid_char) {
-        return Err(format!("invalid channel name '{name}': use 1 to 128 characters of A-Z a-z 0-9 _ . : / @ -"));
+        return Err(format!(
+            "invalid channel name '{name}': use 1 to 128 characters of A-Z a-z 0-9 _ . : / @ -"
+        ));
     }
     Ok(())
 }

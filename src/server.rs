@@ -43,15 +43,21 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.db, hub.clone())?);
         let secret = match &config.jwt_secret {
             Some(secret) => secret.as_bytes().to_vec(),
-            None => jwt::load_or_create_secret(&config.db)
-                .map_err(|e| Error::Config(format!("cannot keep the JWT secret in {}: {e}", config.db.display())))?,
+            None => jwt::load_or_create_secret(&config.db).map_err(|e| {
+                Error::Config(format!(
+                    "cannot keep the JWT secret in {}: {e}",
+                    config.db.display()
+                ))
+            })?,
         };
         let auth = Arc::new(Auth::new(&config, &secret, store.clone()));
         if let Some(admin) = &config.admin {
             auth.ensure_admin(admin).await?;
         }
         if config.no_auth {
-            tracing::warn!("authentication is off (--no-auth): anyone can read and write every channel");
+            tracing::warn!(
+                "authentication is off (--no-auth): anyone can read and write every channel"
+            );
         }
         let state = AppState::new(Arc::new(config), store, hub, auth, Arc::new(Metrics::new()));
         Ok(Self { state })
@@ -83,7 +89,10 @@ fn install_crypto_provider() {
 ///
 /// # Errors
 /// When the server cannot start (configuration, store, TLS files, address in use).
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let addr = SocketAddr::new(config.host, config.port);
     let tls = match (config.tls_enabled(), &config.tls_cert, &config.tls_key) {
         (true, Some(cert), Some(key)) => {
@@ -121,7 +130,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 
     let service = router.into_make_service();
     let result = match tls {
-        Some(tls) => axum_server::bind_rustls(addr, tls).handle(handle).serve(service).await,
+        Some(tls) => {
+            axum_server::bind_rustls(addr, tls)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
         None => axum_server::bind(addr).handle(handle).serve(service).await,
     };
     app.close().await;

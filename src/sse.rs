@@ -9,7 +9,9 @@ use crate::store::Record;
 /// The SSE frame of a record, encoded once per record and shared by every subscriber.
 /// `envelope` selects `data: {"id",..,"data":..}` instead of the bare data.
 pub fn record_frame(record: &Record, envelope: bool) -> Bytes {
-    record.frames[usize::from(envelope)].get_or_init(|| encode_record(record, envelope)).clone()
+    record.frames[usize::from(envelope)]
+        .get_or_init(|| encode_record(record, envelope))
+        .clone()
 }
 
 #[derive(Serialize)]
@@ -76,12 +78,18 @@ mod tests {
     fn frames() {
         let data = RawValue::from_string(r#"{"name":"Ada"}"#.into()).expect("json");
         let record = Record::new(42, "room1".into(), "user".into(), 7, None, data);
-        assert_eq!(&record_frame(&record, false)[..], b"id: 42\nevent: user\ndata: {\"name\":\"Ada\"}\n\n");
+        assert_eq!(
+            &record_frame(&record, false)[..],
+            b"id: 42\nevent: user\ndata: {\"name\":\"Ada\"}\n\n"
+        );
         assert_eq!(
             &record_frame(&record, true)[..],
             &b"id: 42\nevent: user\ndata: {\"id\":\"42\",\"event\":\"user\",\"channel\":\"room1\",\"timestamp\":7,\"data\":{\"name\":\"Ada\"}}\n\n"[..]
         );
-        assert_eq!(&event(None, "x", "a\nb")[..], b"event: x\ndata: a\ndata: b\n\n");
+        assert_eq!(
+            &event(None, "x", "a\nb")[..],
+            b"event: x\ndata: a\ndata: b\n\n"
+        );
         assert_eq!(&comment("keep-alive")[..], b": keep-alive\n\n");
         assert_eq!(&retry(2000)[..], b"retry: 2000\n\n");
     }

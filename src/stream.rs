@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +50,9 @@ impl Start {
     pub fn from_last_event_id(value: Option<&str>) -> Self {
         match value.map(str::trim) {
             None | Some("") => Self::Snapshot,
-            Some(raw) => raw.parse().map_or_else(|_| Self::Unknown(raw.to_owned()), Self::After),
+            Some(raw) => raw
+                .parse()
+                .map_or_else(|_| Self::Unknown(raw.to_owned()), Self::After),
         }
     }
 }
@@ -65,7 +67,10 @@ pub struct ChannelFilter {
 impl ChannelFilter {
     /// A filter for `caller`, restricted to `channels` when given (already permission-checked).
     pub fn new(channels: Option<Vec<String>>, caller: Caller) -> Self {
-        Self { requested: channels.map(|c| c.into_iter().collect()), caller }
+        Self {
+            requested: channels.map(|c| c.into_iter().collect()),
+            caller,
+        }
     }
 
     /// Whether a record of `channel` goes to this stream.
@@ -241,7 +246,9 @@ impl Subscription {
                 if id <= last {
                     self.cursor = id;
                     self.last_sent = Some(id);
-                    self.phase = Phase::Replay { announce_synced: true };
+                    self.phase = Phase::Replay {
+                        announce_synced: true,
+                    };
                     return Ok(());
                 }
                 Start::Unknown(id.to_string())
@@ -249,18 +256,31 @@ impl Subscription {
             other => other,
         };
         if let Start::Unknown(raw) = start {
-            let data = serde_json::json!({ "reason": "unknown event id", "last_event_id": raw }).to_string();
+            let data = serde_json::json!({ "reason": "unknown event id", "last_event_id": raw })
+                .to_string();
             chunk.put(sse::event(None, "$reset", &data));
         }
-        let records = self.store.latest(self.options.filter.requested()).await.map_err(|e| e.to_string())?;
-        let readable: Vec<Arc<Record>> =
-            records.into_iter().filter(|r| self.options.filter.allows(&r.channel)).collect();
+        let records = self
+            .store
+            .latest(self.options.filter.requested())
+            .await
+            .map_err(|e| e.to_string())?;
+        let readable: Vec<Arc<Record>> = records
+            .into_iter()
+            .filter(|r| self.options.filter.allows(&r.channel))
+            .collect();
         self.phase = Phase::Snapshot(readable.into_iter());
         Ok(())
     }
 
     async fn wait(&mut self) -> Wake {
-        let Self { rx, keepalive, shutdown, deadline, .. } = self;
+        let Self {
+            rx,
+            keepalive,
+            shutdown,
+            deadline,
+            ..
+        } = self;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Wake::Shutdown,
@@ -282,9 +302,9 @@ impl Subscription {
                 }
                 None
             }
-            HubMessage::Revoked(user) => {
-                (self.options.filter.caller.user.as_deref() == Some(&*user)).then_some("user revoked")
-            }
+            HubMessage::Revoked(user) => (self.options.filter.caller.user.as_deref()
+                == Some(&*user))
+            .then_some("user revoked"),
         }
     }
 
@@ -310,7 +330,9 @@ impl Subscription {
 
     fn lagged(&mut self) {
         self.metrics.slow_subscribers.inc();
-        self.phase = Phase::Replay { announce_synced: false };
+        self.phase = Phase::Replay {
+            announce_synced: false,
+        };
     }
 
     fn send(&mut self, record: &Record, chunk: &mut BytesMut) {
@@ -321,7 +343,11 @@ impl Subscription {
 
     fn put_synced(&self, chunk: &mut BytesMut) {
         let id = self.last_sent.unwrap_or(0).to_string();
-        chunk.put(sse::event(None, "$synced", &serde_json::json!({ "id": id }).to_string()));
+        chunk.put(sse::event(
+            None,
+            "$synced",
+            &serde_json::json!({ "id": id }).to_string(),
+        ));
     }
 
     fn end(&mut self, reason: &str) -> Bytes {
@@ -347,7 +373,11 @@ impl Drop for Subscription {
 }
 
 fn end_frame(reason: &str) -> Bytes {
-    sse::event(None, "$error", &serde_json::json!({ "error": reason }).to_string())
+    sse::event(
+        None,
+        "$error",
+        &serde_json::json!({ "error": reason }).to_string(),
+    )
 }
 
 async fn until(deadline: &mut Option<Pin<Box<Sleep>>>) {
@@ -366,6 +396,9 @@ mod tests {
         assert_eq!(Start::from_last_event_id(None), Start::Snapshot);
         assert_eq!(Start::from_last_event_id(Some(" ")), Start::Snapshot);
         assert_eq!(Start::from_last_event_id(Some("42")), Start::After(42));
-        assert_eq!(Start::from_last_event_id(Some("abc")), Start::Unknown("abc".into()));
+        assert_eq!(
+            Start::from_last_event_id(Some("abc")),
+            Start::Unknown("abc".into())
+        );
     }
 }

@@ -30,7 +30,10 @@ impl Serialize for AuditLog {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for record in &self.0 {
-            map.serialize_entry(&format!("{}_v_{}", record.event, record.timestamp), &*record.data)?;
+            map.serialize_entry(
+                &format!("{}_v_{}", record.event, record.timestamp),
+                &*record.data,
+            )?;
         }
         map.end()
     }
@@ -51,9 +54,14 @@ pub async fn audit(
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<AuditLog>, ApiError> {
     let channel = channel_for(&caller, query.channel)?;
-    let versions = state.store.versions(&channel, &event, 0, usize::MAX).await?;
+    let versions = state
+        .store
+        .versions(&channel, &event, 0, usize::MAX)
+        .await?;
     if versions.is_empty() {
-        return Err(ApiError::not_found(format!("no event '{event}' in channel '{channel}'")));
+        return Err(ApiError::not_found(format!(
+            "no event '{event}' in channel '{channel}'"
+        )));
     }
     Ok(Json(AuditLog(versions)))
 }
@@ -98,19 +106,32 @@ pub async fn history(
     let channel = channel_for(&caller, query.channel)?;
     let after = match query.after.as_deref() {
         None | Some("") => 0,
-        Some(s) => s.parse().map_err(|_| ApiError::bad_request("after must be a record id"))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| ApiError::bad_request("after must be a record id"))?,
     };
     let limit = match query.limit.as_deref() {
         None | Some("") => 100,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
-            _ => return Err(ApiError::bad_request("limit must be a number from 1 to 1000")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "limit must be a number from 1 to 1000",
+                ));
+            }
         },
     };
-    let mut versions = state.store.versions(&channel, &event, after, limit + 1).await?;
+    let mut versions = state
+        .store
+        .versions(&channel, &event, after, limit + 1)
+        .await?;
     let more = versions.len() > limit;
     versions.truncate(limit);
-    let next = if more { versions.last().map(|r| r.id.to_string()) } else { None };
+    let next = if more {
+        versions.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
     let items = versions
         .iter()
         .map(|r| HistoryItem {

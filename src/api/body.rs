@@ -19,10 +19,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         check_content_type(&req)?;
         let limit = usize::try_from(state.config.max_body).unwrap_or(usize::MAX);
-        let too_large = || ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {limit} bytes"),
-        );
+        let too_large = || {
+            ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            )
+        };
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -31,12 +33,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if declared.is_some_and(|len| len > state.config.max_body) {
             return Err(too_large());
         }
-        let bytes = read_limited(req.into_body(), limit).await.map_err(|e| match e {
-            ReadError::TooLarge => too_large(),
-            ReadError::Io(e) => ApiError::bad_request(format!("cannot read request body: {e}")),
-        })?;
+        let bytes = read_limited(req.into_body(), limit)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => too_large(),
+                ReadError::Io(e) => ApiError::bad_request(format!("cannot read request body: {e}")),
+            })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("request body is empty: expected a JSON object"));
+            return Err(ApiError::bad_request(
+                "request body is empty: expected a JSON object",
+            ));
         }
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             if e.is_data() {
@@ -51,7 +57,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// 415 when the request declares a content type that is not JSON. A missing type is accepted
 /// as JSON, for hand-written clients.
 fn check_content_type(req: &Request) -> Result<(), ApiError> {
-    let Some(value) = req.headers().get(header::CONTENT_TYPE) else { return Ok(()) };
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
     let essence = value
         .to_str()
         .unwrap_or("")

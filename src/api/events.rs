@@ -43,7 +43,11 @@ pub async fn events(
     let envelope = match query.envelope.as_deref() {
         None | Some("false" | "0" | "") => false,
         Some("true" | "1") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("envelope must be true or false, got '{other}'"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "envelope must be true or false, got '{other}'"
+            )));
+        }
     };
     let last_event_id = headers
         .get("last-event-id")
@@ -71,7 +75,10 @@ pub async fn events(
 pub fn sse_response(body: Body) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell reverse proxies (nginx) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));

@@ -42,7 +42,12 @@ pub struct Inserted {
 
 impl From<&Record> for Inserted {
     fn from(r: &Record) -> Self {
-        Self { id: r.id.to_string(), event: r.event.clone(), channel: r.channel.clone(), timestamp: r.timestamp }
+        Self {
+            id: r.id.to_string(),
+            event: r.event.clone(),
+            channel: r.channel.clone(),
+            timestamp: r.timestamp,
+        }
     }
 }
 
@@ -55,10 +60,16 @@ pub fn compact(data: &serde_json::Value) -> Result<Box<RawValue>, ApiError> {
 ///
 /// # Errors
 /// 503 when shutting down, 500 on a storage failure.
-pub async fn store_records(state: &AppState, batch: Vec<NewRecord>) -> Result<Vec<Arc<Record>>, ApiError> {
+pub async fn store_records(
+    state: &AppState,
+    batch: Vec<NewRecord>,
+) -> Result<Vec<Arc<Record>>, ApiError> {
     let started = Instant::now();
     let records = state.store.append(batch).await?;
-    state.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     state.metrics.inserts.inc_by(records.len() as u64);
     Ok(records)
 }
@@ -70,11 +81,20 @@ pub async fn insert(
     JsonBody(req): JsonBody<InsertRequest>,
 ) -> Result<Json<Inserted>, ApiError> {
     names::check_event(&req.event).map_err(ApiError::bad_request)?;
-    let channel = req.channel.unwrap_or_else(|| names::DEFAULT_CHANNEL.to_owned());
+    let channel = req
+        .channel
+        .unwrap_or_else(|| names::DEFAULT_CHANNEL.to_owned());
     names::check_channel(&channel).map_err(ApiError::bad_request)?;
     caller.require_write(&channel)?;
-    let record = NewRecord { channel, event: req.event, user: caller.user, data: compact(&req.data)? };
+    let record = NewRecord {
+        channel,
+        event: req.event,
+        user: caller.user,
+        data: compact(&req.data)?,
+    };
     let records = store_records(&state, vec![record]).await?;
-    let record = records.first().ok_or_else(|| ApiError::internal("store returned no record"))?;
+    let record = records
+        .first()
+        .ok_or_else(|| ApiError::internal("store returned no record"))?;
     Ok(Json(Inserted::from(record.as_ref())))
 }

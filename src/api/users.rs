@@ -58,7 +58,9 @@ pub async fn create_user(
     }
     let asks_grants = req.read.is_some() || req.write.is_some() || req.admin.is_some();
     if asks_grants && !is_admin {
-        return Err(ApiError::forbidden("only an admin may set read, write or admin"));
+        return Err(ApiError::forbidden(
+            "only an admin may set read, write or admin",
+        ));
     }
     let defaults = &state.auth.default_grants;
     let grants = Grants {
@@ -67,7 +69,10 @@ pub async fn create_user(
         write: req.write.unwrap_or_else(|| defaults.write.clone()),
     };
     if state.store.user(&req.username).await?.is_some() {
-        return Err(ApiError::conflict(format!("username '{}' is taken", req.username)));
+        return Err(ApiError::conflict(format!(
+            "username '{}' is taken",
+            req.username
+        )));
     }
     let pass = req.password;
     let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
@@ -98,11 +103,29 @@ pub struct Login {
 }
 
 /// `POST /login`: a JWT in the body and in the `broker_token` cookie.
-pub async fn login(State(state): State<AppState>, JsonBody(req): JsonBody<Login>) -> Result<Response, ApiError> {
-    let user = state.auth.check_password(&req.username, &req.password).await?;
-    let grants = Grants { admin: user.admin, read: user.read, write: user.write };
-    let (token, expires_at) = state.auth.keys.issue(&user.username, grants).map_err(ApiError::internal)?;
-    let secure = if state.config.tls_enabled() { "; Secure" } else { "" };
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<Login>,
+) -> Result<Response, ApiError> {
+    let user = state
+        .auth
+        .check_password(&req.username, &req.password)
+        .await?;
+    let grants = Grants {
+        admin: user.admin,
+        read: user.read,
+        write: user.write,
+    };
+    let (token, expires_at) = state
+        .auth
+        .keys
+        .issue(&user.username, grants)
+        .map_err(ApiError::internal)?;
+    let secure = if state.config.tls_enabled() {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
         "{COOKIE_NAME}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         state.auth.keys.expiry_secs()

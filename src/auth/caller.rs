@@ -22,14 +22,22 @@ pub struct Caller {
 impl Caller {
     /// The anonymous caller of `--no-auth` mode: allowed everything.
     pub fn anonymous() -> Self {
-        Self { user: None, grants: Grants::all(), expires_at: None }
+        Self {
+            user: None,
+            grants: Grants::all(),
+            expires_at: None,
+        }
     }
 
     /// A signed-in user with the grants currently stored for them.
     pub fn user(user: &User, expires_at: Option<u64>) -> Self {
         Self {
             user: Some(user.username.clone()),
-            grants: Grants { admin: user.admin, read: user.read.clone(), write: user.write.clone() },
+            grants: Grants {
+                admin: user.admin,
+                read: user.read.clone(),
+                write: user.write.clone(),
+            },
             expires_at,
         }
     }
@@ -47,7 +55,9 @@ impl Caller {
         if self.can_read(channel) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("not allowed to read channel '{channel}'")))
+            Err(ApiError::forbidden(format!(
+                "not allowed to read channel '{channel}'"
+            )))
         }
     }
 
@@ -59,7 +69,9 @@ impl Caller {
         if self.grants.can_write(self.user.as_deref(), channel) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("not allowed to write channel '{channel}'")))
+            Err(ApiError::forbidden(format!(
+                "not allowed to write channel '{channel}'"
+            )))
         }
     }
 
@@ -68,14 +80,21 @@ impl Caller {
     /// # Errors
     /// 403.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.grants.admin { Ok(()) } else { Err(ApiError::forbidden("admin only")) }
+        if self.grants.admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("admin only"))
+        }
     }
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         state.auth.authenticate(parts, false).await
     }
 }
@@ -87,7 +106,10 @@ pub struct StreamCaller(pub Caller);
 impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         state.auth.authenticate(parts, true).await.map(StreamCaller)
     }
 }
@@ -100,8 +122,13 @@ pub struct MaybeCaller(pub Option<Caller>);
 impl FromRequestParts<AppState> for MaybeCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let has_credentials = parts.headers.contains_key(axum::http::header::AUTHORIZATION)
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let has_credentials = parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
             || parts
                 .headers
                 .get_all(axum::http::header::COOKIE)
@@ -110,6 +137,10 @@ impl FromRequestParts<AppState> for MaybeCaller {
         if !has_credentials {
             return Ok(Self(None));
         }
-        state.auth.authenticate(parts, false).await.map(|c| Self(Some(c)))
+        state
+            .auth
+            .authenticate(parts, false)
+            .await
+            .map(|c| Self(Some(c)))
     }
 }

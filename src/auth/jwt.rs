@@ -54,7 +54,12 @@ impl Keys {
     pub fn issue(&self, user: &str, grants: Grants) -> Result<(String, u64), String> {
         let iat = now_secs();
         let exp = iat.saturating_add(self.expiry_secs);
-        let claims = Claims { sub: user.to_owned(), exp, iat, grants };
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp,
+            iat,
+            grants,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map(|token| (token, exp))
             .map_err(|e| e.to_string())
@@ -69,7 +74,9 @@ impl Keys {
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "invalid token signature".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    "invalid token signature".to_owned()
+                }
                 _ => "invalid token".to_owned(),
             })
     }
@@ -100,7 +107,9 @@ pub fn load_or_create_secret(dir: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) => return Err(e),
     }
     std::fs::create_dir_all(dir)?;
-    let secret: String = (0..4).map(|_| format!("{:032x}", rand::random::<u128>())).collect();
+    let secret: String = (0..4)
+        .map(|_| format!("{:032x}", rand::random::<u128>()))
+        .collect();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -123,7 +132,10 @@ mod tests {
         assert_eq!(claims.sub, "ada");
         assert_eq!(claims.exp, exp);
         assert!(claims.grants.admin);
-        assert_eq!(Keys::new(b"other", 60).verify(&token).unwrap_err(), "invalid token signature");
+        assert_eq!(
+            Keys::new(b"other", 60).verify(&token).unwrap_err(),
+            "invalid token signature"
+        );
         assert_eq!(keys.verify("garbage").unwrap_err(), "invalid token");
     }
 

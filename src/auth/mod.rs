@@ -61,7 +61,10 @@ impl Auth {
     /// # Errors
     /// 401 for missing or bad credentials (unless authentication is off).
     pub async fn authenticate(&self, parts: &Parts, query_token: bool) -> Result<Caller, ApiError> {
-        let credentials = credentials(&parts.headers, query_token.then(|| parts.uri.query()).flatten());
+        let credentials = credentials(
+            &parts.headers,
+            query_token.then(|| parts.uri.query()).flatten(),
+        );
         let result = match credentials {
             Ok(Some(credentials)) => self.check(credentials).await,
             Ok(None) => Err(ApiError::unauthorized("authentication required")),
@@ -107,7 +110,10 @@ impl Auth {
     /// 401 `invalid credentials`, or a store failure.
     pub async fn check_password(&self, username: &str, password: &str) -> Result<User, ApiError> {
         let user = self.store.user(username).await?;
-        let hash = user.as_ref().map_or_else(|| password::dummy_hash().to_owned(), |u| u.password_hash.clone());
+        let hash = user.as_ref().map_or_else(
+            || password::dummy_hash().to_owned(),
+            |u| u.password_hash.clone(),
+        );
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
             .await
@@ -124,7 +130,9 @@ impl Auth {
     /// When hashing or the store fails.
     pub async fn ensure_admin(&self, spec: &str) -> Result<(), StoreError> {
         let Some((username, pass)) = spec.split_once(':') else {
-            return Err(StoreError::Backend("--admin must be username:password".into()));
+            return Err(StoreError::Backend(
+                "--admin must be username:password".into(),
+            ));
         };
         let pass = pass.to_owned();
         let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
@@ -138,7 +146,9 @@ impl Auth {
             admin: true,
             read: vec!["*".into()],
             write: vec!["*".into()],
-            created_at: existing.as_ref().map_or_else(crate::store::embedded::now_micros, |u| u.created_at),
+            created_at: existing
+                .as_ref()
+                .map_or_else(crate::store::embedded::now_micros, |u| u.created_at),
             revoked: false,
         };
         self.store.put_user(user).await
@@ -154,7 +164,9 @@ enum Credentials {
 /// Finds credentials: `Authorization` header, then the cookie, then (if allowed) `access_token`.
 fn credentials(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
         let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
         let rest = rest.trim();
         return if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
@@ -165,15 +177,20 @@ fn credentials(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
                 .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-            let (user, pass) =
-                decoded.split_once(':').ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+            let (user, pass) = decoded
+                .split_once(':')
+                .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
             Ok(Some(Credentials::Basic(user.to_owned(), pass.to_owned())))
         } else {
-            Err(ApiError::unauthorized("unsupported Authorization scheme: use Bearer or Basic"))
+            Err(ApiError::unauthorized(
+                "unsupported Authorization scheme: use Bearer or Basic",
+            ))
         };
     }
     for cookies in headers.get_all(header::COOKIE) {
-        let Ok(cookies) = cookies.to_str() else { continue };
+        let Ok(cookies) = cookies.to_str() else {
+            continue;
+        };
         for pair in cookies.split(';') {
             if let Some((name, value)) = pair.trim().split_once('=')
                 && name == COOKIE_NAME

@@ -1,8 +1,10 @@
 //! Password hashing with Argon2id (PHC strings). Both calls are CPU-heavy by design: run them on
 //! a blocking thread.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 
 /// Hashes a password into a PHC string with a fresh random salt.
 ///
@@ -19,7 +21,11 @@ pub fn hash(password: &str) -> Result<String, String> {
 /// Whether `password` matches the PHC string `phc`. A malformed hash never matches.
 pub fn verify(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 

@@ -20,7 +20,11 @@ pub struct Grants {
 impl Grants {
     /// Everything allowed (open mode, admins).
     pub fn all() -> Self {
-        Self { admin: true, read: vec!["*".into()], write: vec!["*".into()] }
+        Self {
+            admin: true,
+            read: vec!["*".into()],
+            write: vec!["*".into()],
+        }
     }
 
     /// Whether `user` may read `channel`.
@@ -36,7 +40,11 @@ impl Grants {
 
 /// Splits a comma-separated pattern list (`--default-read`).
 pub fn parse_patterns(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn allows(patterns: &[String], user: Option<&str>, channel: &str) -> bool {
@@ -63,7 +71,11 @@ mod tests {
     use super::*;
 
     fn grants(read: &[&str]) -> Grants {
-        Grants { admin: false, read: read.iter().map(|s| s.to_string()).collect(), write: vec![] }
+        Grants {
+            admin: false,
+            read: read.iter().map(|s| s.to_string()).collect(),
+            write: vec![],
+        }
     }
 
     #[test]

@@ -56,47 +56,102 @@ pub async fn run_all<G>(make: impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store
     closed_store_refuses_writes(&make).await;
 }
 
-async fn ids_increase_and_are_reported_in_order<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn ids_increase_and_are_reported_in_order<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let recorder = Arc::new(Recorder::default());
     let (store, _guard) = make(recorder.clone());
     assert_eq!(store.last_id().await.expect("last_id"), 0);
     let mut ids = Vec::new();
     let mut stamps = Vec::new();
     for i in 0..5 {
-        let r = store.append(vec![new_record("c", "e", &i.to_string())]).await.expect("append");
+        let r = store
+            .append(vec![new_record("c", "e", &i.to_string())])
+            .await
+            .expect("append");
         ids.push(r[0].id);
         stamps.push(r[0].timestamp);
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
-    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "timestamps unique and increasing");
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "timestamps unique and increasing"
+    );
     assert_eq!(store.last_id().await.expect("last_id"), ids[4]);
-    assert_eq!(*recorder.ids.lock().expect("lock"), ids, "listener told every id, in order");
+    assert_eq!(
+        *recorder.ids.lock().expect("lock"),
+        ids,
+        "listener told every id, in order"
+    );
     store.close().await;
 }
 
-async fn latest_holds_only_the_newest_version<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn latest_holds_only_the_newest_version<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let (store, _guard) = make(Arc::new(Recorder::default()));
-    store.append(vec![new_record("a", "x", "1")]).await.expect("append");
-    store.append(vec![new_record("a", "y", "1")]).await.expect("append");
-    store.append(vec![new_record("b", "x", "1")]).await.expect("append");
-    store.append(vec![new_record("a", "x", "2")]).await.expect("append");
+    store
+        .append(vec![new_record("a", "x", "1")])
+        .await
+        .expect("append");
+    store
+        .append(vec![new_record("a", "y", "1")])
+        .await
+        .expect("append");
+    store
+        .append(vec![new_record("b", "x", "1")])
+        .await
+        .expect("append");
+    store
+        .append(vec![new_record("a", "x", "2")])
+        .await
+        .expect("append");
     let all = store.latest(None).await.expect("latest");
-    let summary: Vec<(&str, &str, &str)> =
-        all.iter().map(|r| (r.channel.as_str(), r.event.as_str(), r.data.get())).collect();
-    assert_eq!(summary, vec![("a", "y", "1"), ("b", "x", "1"), ("a", "x", "2")], "id order, newest only");
-    let only_a = store.latest(Some(vec!["a".into()])).await.expect("latest a");
+    let summary: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|r| (r.channel.as_str(), r.event.as_str(), r.data.get()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("a", "y", "1"), ("b", "x", "1"), ("a", "x", "2")],
+        "id order, newest only"
+    );
+    let only_a = store
+        .latest(Some(vec!["a".into()]))
+        .await
+        .expect("latest a");
     assert_eq!(only_a.len(), 2);
     assert!(only_a.iter().all(|r| r.channel == "a"));
-    assert!(store.latest(Some(vec!["zzz".into()])).await.expect("latest").is_empty());
-    let one = store.latest_of("a", "x").await.expect("latest_of").expect("exists");
+    assert!(
+        store
+            .latest(Some(vec!["zzz".into()]))
+            .await
+            .expect("latest")
+            .is_empty()
+    );
+    let one = store
+        .latest_of("a", "x")
+        .await
+        .expect("latest_of")
+        .expect("exists");
     assert_eq!(one.data.get(), "2");
-    assert!(store.latest_of("a", "nope").await.expect("latest_of").is_none());
+    assert!(
+        store
+            .latest_of("a", "nope")
+            .await
+            .expect("latest_of")
+            .is_none()
+    );
     store.close().await;
 }
 
-async fn since_pages_through_everything<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn since_pages_through_everything<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let (store, _guard) = make(Arc::new(Recorder::default()));
-    let batch = (0..25).map(|i| new_record(if i % 2 == 0 { "a" } else { "b" }, "e", &i.to_string())).collect();
+    let batch = (0..25)
+        .map(|i| new_record(if i % 2 == 0 { "a" } else { "b" }, "e", &i.to_string()))
+        .collect();
     let written = store.append(batch).await.expect("append");
     let mut seen = Vec::new();
     let mut after = 0;
@@ -109,42 +164,84 @@ async fn since_pages_through_everything<G>(make: &impl Fn(Arc<dyn CommitListener
         after = page.last().map(|r| r.id).unwrap_or(after);
         seen.extend(page.iter().map(|r| r.id));
     }
-    assert_eq!(seen, written.iter().map(|r| r.id).collect::<Vec<_>>(), "every record once, in order");
-    assert!(store.since(u64::MAX, 10).await.expect("since max").is_empty());
+    assert_eq!(
+        seen,
+        written.iter().map(|r| r.id).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    assert!(
+        store
+            .since(u64::MAX, 10)
+            .await
+            .expect("since max")
+            .is_empty()
+    );
     store.close().await;
 }
 
-async fn versions_are_oldest_first_and_paginate<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn versions_are_oldest_first_and_paginate<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let (store, _guard) = make(Arc::new(Recorder::default()));
     for i in 0..7 {
-        store.append(vec![new_record("c", "v", &i.to_string())]).await.expect("append");
-        store.append(vec![new_record("c", "other", "0")]).await.expect("append");
-        store.append(vec![new_record("d", "v", "0")]).await.expect("append");
+        store
+            .append(vec![new_record("c", "v", &i.to_string())])
+            .await
+            .expect("append");
+        store
+            .append(vec![new_record("c", "other", "0")])
+            .await
+            .expect("append");
+        store
+            .append(vec![new_record("d", "v", "0")])
+            .await
+            .expect("append");
     }
     let all = store.versions("c", "v", 0, 100).await.expect("versions");
     let data: Vec<&str> = all.iter().map(|r| r.data.get()).collect();
     assert_eq!(data, vec!["0", "1", "2", "3", "4", "5", "6"]);
     let page = store.versions("c", "v", all[2].id, 2).await.expect("page");
-    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![all[3].id, all[4].id]);
-    assert!(store.versions("c", "missing", 0, 100).await.expect("none").is_empty());
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![all[3].id, all[4].id]
+    );
+    assert!(
+        store
+            .versions("c", "missing", 0, 100)
+            .await
+            .expect("none")
+            .is_empty()
+    );
     store.close().await;
 }
 
-async fn batches_are_atomic_and_contiguous<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn batches_are_atomic_and_contiguous<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let recorder = Arc::new(Recorder::default());
     let (store, _guard) = make(recorder.clone());
     let out = store
-        .append(vec![new_record("a", "1", "1"), new_record("b", "2", "2"), new_record("a", "3", "3")])
+        .append(vec![
+            new_record("a", "1", "1"),
+            new_record("b", "2", "2"),
+            new_record("a", "3", "3"),
+        ])
         .await
         .expect("append");
     let ids: Vec<u64> = out.iter().map(|r| r.id).collect();
-    assert_eq!(ids, vec![ids[0], ids[0] + 1, ids[0] + 2], "a batch takes consecutive ids");
+    assert_eq!(
+        ids,
+        vec![ids[0], ids[0] + 1, ids[0] + 2],
+        "a batch takes consecutive ids"
+    );
     assert_eq!(out[1].channel, "b");
     assert_eq!(*recorder.ids.lock().expect("lock"), ids);
     store.close().await;
 }
 
-async fn concurrent_appends_are_all_kept<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn concurrent_appends_are_all_kept<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let recorder = Arc::new(Recorder::default());
     let (store, _guard) = make(recorder.clone());
     let store: Arc<dyn Store> = Arc::from(store);
@@ -154,7 +251,9 @@ async fn concurrent_appends_are_all_kept<G>(make: &impl Fn(Arc<dyn CommitListene
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in 0..50 {
-                let r = store.append(vec![new_record("c", &format!("t{t}"), &i.to_string())]).await;
+                let r = store
+                    .append(vec![new_record("c", &format!("t{t}"), &i.to_string())])
+                    .await;
                 ids.push(r.expect("append")[0].id);
             }
             ids
@@ -163,7 +262,10 @@ async fn concurrent_appends_are_all_kept<G>(make: &impl Fn(Arc<dyn CommitListene
     let mut all = Vec::new();
     for task in tasks {
         let ids = task.await.expect("task");
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "one writer's appends keep their order");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "one writer's appends keep their order"
+        );
         all.extend(ids);
     }
     all.sort_unstable();
@@ -179,18 +281,36 @@ async fn users_are_created_once<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (B
     let (store, _guard) = make(Arc::new(Recorder::default()));
     assert!(store.user("ada").await.expect("lookup").is_none());
     store.create_user(user("ada")).await.expect("create");
-    assert!(matches!(store.create_user(user("ada")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.create_user(user("ada")).await,
+        Err(StoreError::Conflict(_))
+    ));
     let mut ada = store.user("ada").await.expect("lookup").expect("exists");
     assert_eq!(ada, user("ada"));
     ada.revoked = true;
     store.put_user(ada.clone()).await.expect("put");
-    assert!(store.user("ada").await.expect("lookup").expect("exists").revoked);
+    assert!(
+        store
+            .user("ada")
+            .await
+            .expect("lookup")
+            .expect("exists")
+            .revoked
+    );
     store.close().await;
 }
 
-async fn closed_store_refuses_writes<G>(make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G)) {
+async fn closed_store_refuses_writes<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
     let (store, _guard) = make(Arc::new(Recorder::default()));
-    store.append(vec![new_record("c", "e", "1")]).await.expect("append");
+    store
+        .append(vec![new_record("c", "e", "1")])
+        .await
+        .expect("append");
     store.close().await;
-    assert!(matches!(store.append(vec![new_record("c", "e", "2")]).await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.append(vec![new_record("c", "e", "2")]).await,
+        Err(StoreError::Closed)
+    ));
 }

@@ -50,8 +50,15 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Work for the writer thread.
 enum Op {
-    Append { batch: Vec<NewRecord>, reply: Reply<Vec<Arc<Record>>> },
-    PutUser { user: User, create: bool, reply: Reply<()> },
+    Append {
+        batch: Vec<NewRecord>,
+        reply: Reply<Vec<Arc<Record>>>,
+    },
+    PutUser {
+        user: User,
+        create: bool,
+        reply: Reply<()>,
+    },
 }
 
 /// The redb-backed [`Store`].
@@ -70,7 +77,10 @@ impl EmbeddedStore {
     /// When the directory cannot be created, the file is locked by another process, or is corrupt.
     pub fn open(dir: &Path, listener: Arc<dyn CommitListener>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create database directory {}: {e}", dir.display()))
+            StoreError::Backend(format!(
+                "cannot create database directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| match e {
@@ -78,7 +88,9 @@ impl EmbeddedStore {
                 "database {} is already in use by another process",
                 path.display()
             )),
-            other => StoreError::Backend(format!("cannot open database {}: {other}", path.display())),
+            other => {
+                StoreError::Backend(format!("cannot open database {}: {other}", path.display()))
+            }
         })?;
         let txn = db.begin_write().map_err(backend)?;
         {
@@ -110,7 +122,11 @@ impl EmbeddedStore {
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
         let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
-        guard.as_ref().ok_or(StoreError::Closed)?.send(op).map_err(|_| StoreError::Closed)
+        guard
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(op)
+            .map_err(|_| StoreError::Closed)
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -118,7 +134,12 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.read().ok().and_then(|db| db.clone()).ok_or(StoreError::Closed)?;
+        let db = self
+            .db
+            .read()
+            .ok()
+            .and_then(|db| db.clone())
+            .ok_or(StoreError::Closed)?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
@@ -193,13 +214,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn latest_of(&self, channel: &str, event: &str) -> Result<Option<Arc<Record>>, StoreError> {
+    async fn latest_of(
+        &self,
+        channel: &str,
+        event: &str,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         let (channel, event) = (channel.to_owned(), event.to_owned());
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let latest = txn.open_table(LATEST).map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
-            let id = latest.get((channel.as_str(), event.as_str())).map_err(backend)?.map(|g| g.value());
+            let id = latest
+                .get((channel.as_str(), event.as_str()))
+                .map_err(backend)?
+                .map(|g| g.value());
             id.map(|id| get_record(&records, id)).transpose()
         })
         .await
@@ -209,7 +237,9 @@ impl Store for EmbeddedStore {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
-            let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+            let Some(start) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
             let mut out = Vec::new();
             for entry in records.range(start..).map_err(backend)?.take(limit) {
                 out.push(decode_record(entry.map_err(backend)?.1.value())?);
@@ -231,8 +261,11 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(backend)?;
             let versions = txn.open_table(VERSIONS).map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
-            let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
-            let range = (channel.as_str(), event.as_str(), start)..=(channel.as_str(), event.as_str(), u64::MAX);
+            let Some(start) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let range = (channel.as_str(), event.as_str(), start)
+                ..=(channel.as_str(), event.as_str(), u64::MAX);
             let mut out = Vec::new();
             for entry in versions.range(range).map_err(backend)?.take(limit) {
                 let id = entry.map_err(backend)?.0.value().2;
@@ -245,13 +278,21 @@ impl Store for EmbeddedStore {
 
     async fn create_user(&self, user: User) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::PutUser { user, create: true, reply })?;
+        self.send(Op::PutUser {
+            user,
+            create: true,
+            reply,
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn put_user(&self, user: User) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::PutUser { user, create: false, reply })?;
+        self.send(Op::PutUser {
+            user,
+            create: false,
+            reply,
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -260,8 +301,12 @@ impl Store for EmbeddedStore {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let users = txn.open_table(USERS).map_err(backend)?;
-            let Some(guard) = users.get(username.as_str()).map_err(backend)? else { return Ok(None) };
-            serde_json::from_slice(guard.value()).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+            let Some(guard) = users.get(username.as_str()).map_err(backend)? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(guard.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
         })
         .await
     }
@@ -300,7 +345,12 @@ enum Pending {
 
 impl Writer {
     fn load(db: Arc<Database>, listener: Arc<dyn CommitListener>) -> Result<Self, StoreError> {
-        let mut writer = Self { db, listener, next_id: 1, last_timestamp: 0 };
+        let mut writer = Self {
+            db,
+            listener,
+            next_id: 1,
+            last_timestamp: 0,
+        };
         writer.reload()?;
         Ok(writer)
     }
@@ -392,7 +442,11 @@ impl Writer {
 
     /// Applies `ops` to one write transaction, returning it uncommitted. Operations not reached
     /// because of an error are answered with that error when the caller fails the commit.
-    fn write(&mut self, ops: Vec<Op>, pending: &mut Vec<Pending>) -> Result<redb::WriteTransaction, StoreError> {
+    fn write(
+        &mut self,
+        ops: Vec<Op>,
+        pending: &mut Vec<Pending>,
+    ) -> Result<redb::WriteTransaction, StoreError> {
         let mut ops = ops.into_iter();
         let txn = match self.db.begin_write() {
             Ok(txn) => txn,
@@ -422,15 +476,23 @@ impl Writer {
                             self.next_id += 1;
                             let bytes = serde_json::to_vec(&record)
                                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-                            records.insert(record.id, bytes.as_slice()).map_err(backend)?;
+                            records
+                                .insert(record.id, bytes.as_slice())
+                                .map_err(backend)?;
                             let key = (record.channel.as_str(), record.event.as_str());
                             latest.insert(key, record.id).map_err(backend)?;
-                            versions.insert((key.0, key.1, record.id), ()).map_err(backend)?;
+                            versions
+                                .insert((key.0, key.1, record.id), ())
+                                .map_err(backend)?;
                             out.push(Arc::new(record));
                         }
                         pending.push(Pending::Append(reply, out));
                     }
-                    Op::PutUser { user, create, reply } => {
+                    Op::PutUser {
+                        user,
+                        create,
+                        reply,
+                    } => {
                         let name = user.username.as_str();
                         let taken = users.get(name).map_err(backend)?.is_some();
                         let result = if create && taken {
@@ -484,13 +546,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = Arc::new(conformance::Recorder::default());
         let store = EmbeddedStore::open(dir.path(), listener.clone()).expect("open");
-        let first = store.append(vec![conformance::new_record("c", "e", "1")]).await.expect("append");
+        let first = store
+            .append(vec![conformance::new_record("c", "e", "1")])
+            .await
+            .expect("append");
         store.close().await;
         let store = EmbeddedStore::open(dir.path(), listener).expect("reopen");
-        let second = store.append(vec![conformance::new_record("c", "e", "2")]).await.expect("append");
+        let second = store
+            .append(vec![conformance::new_record("c", "e", "2")])
+            .await
+            .expect("append");
         assert_eq!(second[0].id, first[0].id + 1);
         assert!(second[0].timestamp > first[0].timestamp);
-        assert_eq!(store.versions("c", "e", 0, 10).await.expect("versions").len(), 2);
+        assert_eq!(
+            store
+                .versions("c", "e", 0, 10)
+                .await
+                .expect("versions")
+                .len(),
+            2
+        );
         store.close().await;
     }
 
@@ -499,7 +574,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = Arc::new(conformance::Recorder::default());
         let store = EmbeddedStore::open(dir.path(), listener.clone()).expect("open");
-        let err = EmbeddedStore::open(dir.path(), listener).err().expect("must fail");
+        let err = EmbeddedStore::open(dir.path(), listener)
+            .err()
+            .expect("must fail");
         assert!(err.to_string().contains("in use"), "{err}");
         store.close().await;
     }

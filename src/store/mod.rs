@@ -50,7 +50,15 @@ impl Record {
         user: Option<String>,
         data: Box<RawValue>,
     ) -> Self {
-        Self { id, channel, event, timestamp, user, data, frames: Default::default() }
+        Self {
+            id,
+            channel,
+            event,
+            timestamp,
+            user,
+            data,
+            frames: Default::default(),
+        }
     }
 }
 
@@ -124,7 +132,11 @@ pub trait Store: Send + Sync + 'static {
     async fn latest(&self, channels: Option<Vec<String>>) -> Result<Vec<Arc<Record>>, StoreError>;
 
     /// Latest version of one (channel, event).
-    async fn latest_of(&self, channel: &str, event: &str) -> Result<Option<Arc<Record>>, StoreError>;
+    async fn latest_of(
+        &self,
+        channel: &str,
+        event: &str,
+    ) -> Result<Option<Arc<Record>>, StoreError>;
 
     /// Up to `limit` records with an id greater than `after`, in id order, every channel.
     async fn since(&self, after: u64, limit: usize) -> Result<Vec<Arc<Record>>, StoreError>;

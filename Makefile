@@ -1,0 +1,37 @@
+# Broker: build, check and test. `make test` is what CI runs (.ci/run).
+
+CARGO ?= cargo
+
+.PHONY: all build release run test deps fmt fmt-check lint unit-test clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+## Start a server on port 8080 with the database in ./data.
+run:
+	$(CARGO) run --release
+
+## Install what the tests need, check formatting and lints, run every test.
+test: deps fmt-check lint
+	$(CARGO) test --all-targets
+
+## System packages the tests use (installed only when missing).
+deps:
+	@scripts/install-deps.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,268 @@
+//! Shared harness of the black-box tests: start the real `broker` binary on a free port, talk
+//! HTTP and SSE to it.
+#![allow(dead_code)]
+
+pub mod sse;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Password used for every test user.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// How long a test waits for anything before failing.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `broker` process with its own database directory.
+pub struct Server {
+    child: Child,
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Database directory.
+    pub db: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on a fresh database with extra `args`.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db");
+        let mut server = Self::start_on(&db, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on the database directory `db` (kept by the caller) with extra `args`.
+    pub fn start_on(db: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+        cmd.arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg("0")
+            .arg("--db")
+            .arg(db)
+            .args(args);
+        Self::spawn(cmd, db.to_path_buf(), "http")
+    }
+
+    /// Spawns a prepared command (clean environment) and waits for its "listening on" log line.
+    pub fn spawn(mut cmd: Command, db: PathBuf, scheme: &str) -> Self {
+        for (key, _) in std::env::vars() {
+            if key == "PORT" || key.starts_with("BROKER_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn broker");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[broker] {line}");
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(TIMEOUT) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("broker did not start listening (see its log above)");
+            }
+        };
+        let addr: SocketAddr = url
+            .split("://")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse listen address from {url}"));
+        let base = format!("{scheme}://127.0.0.1:{}", addr.port());
+        Self {
+            child,
+            addr,
+            base,
+            db,
+            _dir: None,
+        }
+    }
+
+    /// Full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit, failing the test after [`TIMEOUT`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit within {TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client for this server.
+    pub fn api(&self) -> Api {
+        Api {
+            http: client(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client without timeouts on bodies (streams stay open).
+pub fn client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(TIMEOUT)
+        .build()
+        .expect("client")
+}
+
+/// A JSON API client bound to one server.
+#[derive(Clone)]
+pub struct Api {
+    /// The underlying client.
+    pub http: reqwest::Client,
+    /// Base URL.
+    pub base: String,
+}
+
+impl Api {
+    /// `POST path` with a JSON body and an optional bearer token; status and JSON answer.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("POST");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` with an optional bearer token; status and JSON answer.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("GET");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates `username` (asserting 200) and returns a token for it.
+    pub async fn user(&self, username: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/users",
+                None,
+                &json!({"username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "signup {username}: {body}");
+        self.login(username).await
+    }
+
+    /// Logs `username` in with [`PASSWORD`] and returns the JWT.
+    pub async fn login(&self, username: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/login",
+                None,
+                &json!({"username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
+        body["jwt"].as_str().expect("jwt").to_owned()
+    }
+
+    /// Inserts an event (asserting 200) and returns the answer.
+    pub async fn insert(
+        &self,
+        token: &str,
+        event: &str,
+        data: Value,
+        channel: Option<&str>,
+    ) -> Value {
+        let mut body = json!({"event": event, "data": data});
+        if let Some(channel) = channel {
+            body["channel"] = json!(channel);
+        }
+        let (status, answer) = self.post("/insert", Some(token), &body).await;
+        assert_eq!(status, StatusCode::OK, "insert {event}: {answer}");
+        answer
+    }
+
+    /// Opens an SSE stream on `path` (query included) with optional token and `Last-Event-ID`.
+    pub async fn stream(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> sse::SseStream {
+        sse::SseStream::connect(
+            &self.http,
+            &format!("{}{path}", self.base),
+            token,
+            last_event_id,
+        )
+        .await
+    }
+}
+
+/// Installs ring as the rustls provider of the test process (reqwest is built without one).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A port that was free a moment ago (for tests that must name the port on the command line).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
