@@ -1,4 +1,4 @@
-//! `GET /health`, `GET /ready` and `GET /metrics`.
+//! `GET /health`, `GET /ready`, `GET /metrics` and `GET /openapi.json`.
 
 use axum::Json;
 use axum::extract::State;
@@ -30,5 +30,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    response
+}
+
+/// The OpenAPI 3.1 description of the HTTP API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    let mut response = OPENAPI.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
