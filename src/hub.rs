@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::store::{CommitListener, Record};
@@ -20,6 +21,8 @@ pub enum HubMessage {
     Record(Arc<Record>),
     /// This user was revoked: their streams must end.
     Revoked(Arc<str>),
+    /// An `online-presence` frame for the node-sse-server streams.
+    Presence(Bytes),
 }
 
 /// The broadcast ring and the count of open streams.
@@ -48,6 +51,12 @@ impl Hub {
     /// Ends the open streams of `user`.
     pub fn revoke(&self, user: &str) {
         let _ = self.tx.send(HubMessage::Revoked(Arc::from(user)));
+    }
+
+    /// Announces the connected client ids (a JSON array) to the node-sse-server streams.
+    pub fn presence(&self, client_ids_json: &str) {
+        let frame = crate::sse::compat_event(None, "online-presence", client_ids_json);
+        let _ = self.tx.send(HubMessage::Presence(frame));
     }
 
     /// Reserves a stream slot, or `None` at `max_streams`. The slot frees itself when dropped.

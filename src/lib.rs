@@ -12,6 +12,7 @@
 //! - [`auth`]: JWTs, password hashing, permissions, the caller extractor
 //! - [`store`]: the [`Store`](store::Store) trait and the embedded `redb` store (group commit)
 //! - [`hub`]: live fan-out of committed records to the streams
+//! - [`presence`]: who is connected (node-sse-server's online presence), coalesced announcements
 //! - [`stream`]: one subscriber's stream: snapshot or replay, then live, with no gap
 //! - [`sse`]: SSE frame encoding
 //! - [`names`]: the naming rules for events, channels and users
@@ -34,6 +35,7 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod names;
+pub mod presence;
 pub mod server;
 pub mod shutdown;
 pub mod sse;

@@ -59,7 +59,14 @@ impl App {
                 "authentication is off (--no-auth): anyone can read and write every channel"
             );
         }
-        let state = AppState::new(Arc::new(config), store, hub, auth, Arc::new(Metrics::new()));
+        let state = AppState::new(
+            Arc::new(config),
+            store,
+            hub.clone(),
+            auth,
+            Arc::new(Metrics::new()),
+        );
+        tokio::spawn(state.presence.clone().announce(hub, state.shutdown.clone()));
         Ok(Self { state })
     }
 

@@ -9,6 +9,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::store::Store;
 
 /// Shared state of a running Broker, cheap to clone.
@@ -24,6 +25,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Connected node-sse-server clients.
+    pub presence: Arc<Presence>,
     /// Cancelled when shutdown begins: streams end, `/ready` turns 503.
     pub shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
@@ -44,6 +47,7 @@ impl AppState {
             hub,
             auth,
             metrics,
+            presence: Presence::new(),
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(true)),
         }

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Caller;
 use crate::hub::{HubMessage, StreamSlot};
 use crate::metrics::Metrics;
-use crate::sse;
+use crate::presence::PresenceGuard;
+use crate::sse::{self, Format};
 use crate::state::AppState;
 use crate::store::{Record, Store};
 
@@ -60,6 +61,8 @@ impl Start {
 /// Which records a stream may see: the channels it asked for and the caller may read.
 #[derive(Debug, Clone)]
 pub struct ChannelFilter {
+    /// The requested channels, in the order asked for.
+    order: Option<Vec<String>>,
     requested: Option<HashSet<String>>,
     caller: Caller,
 }
@@ -68,7 +71,8 @@ impl ChannelFilter {
     /// A filter for `caller`, restricted to `channels` when given (already permission-checked).
     pub fn new(channels: Option<Vec<String>>, caller: Caller) -> Self {
         Self {
-            requested: channels.map(|c| c.into_iter().collect()),
+            requested: channels.as_ref().map(|c| c.iter().cloned().collect()),
+            order: channels,
             caller,
         }
     }
@@ -78,8 +82,9 @@ impl ChannelFilter {
         self.requested.as_ref().is_none_or(|r| r.contains(channel)) && self.caller.can_read(channel)
     }
 
-    fn requested(&self) -> Option<Vec<String>> {
-        self.requested.as_ref().map(|r| r.iter().cloned().collect())
+    /// The requested channels in the order asked for (`None`: every readable channel).
+    pub fn requested(&self) -> Option<Vec<String>> {
+        self.order.clone()
     }
 }
 
@@ -88,8 +93,10 @@ impl ChannelFilter {
 pub struct StreamOptions {
     /// Which channels it carries.
     pub filter: ChannelFilter,
-    /// Whether records are sent in the JSON envelope.
-    pub envelope: bool,
+    /// How records are written.
+    pub format: Format,
+    /// The node-sse-server client id, announced in `registered` ([`Format::Compat`] only).
+    pub client_id: Option<String>,
     /// Snapshot or replay.
     pub start: Start,
     /// When the caller's credentials expire (Unix seconds): the stream ends then.
@@ -130,6 +137,8 @@ pub struct Subscription {
     deadline: Option<Pin<Box<Sleep>>>,
     shutdown: CancellationToken,
     _slot: StreamSlot,
+    /// Presence membership of a node-sse-server client, left when the stream is dropped.
+    _presence: Option<PresenceGuard>,
 }
 
 impl Subscription {
@@ -157,7 +166,14 @@ impl Subscription {
             deadline,
             shutdown: state.shutdown.clone(),
             _slot: slot,
+            _presence: None,
         }
+    }
+
+    /// Keeps the client in the presence registry for as long as the stream lives.
+    pub fn with_presence(mut self, guard: PresenceGuard) -> Self {
+        self._presence = Some(guard);
+        self
     }
 
     /// The stream of SSE bytes, ending at shutdown, credential expiry or revocation.
@@ -240,6 +256,9 @@ impl Subscription {
 
     /// Decides between snapshot and replay and queues the first frames (`$reset`).
     async fn begin(&mut self, chunk: &mut BytesMut) -> Result<(), String> {
+        if self.options.format == Format::Compat {
+            return self.begin_compat(chunk).await;
+        }
         let start = match self.options.start.clone() {
             Start::After(id) => {
                 let last = self.store.last_id().await.map_err(|e| e.to_string())?;
@@ -273,6 +292,44 @@ impl Subscription {
         Ok(())
     }
 
+    /// node-sse-server's opening: `registered`, one `lastEvent` per channel in the order asked
+    /// for, then live (or, with a known `Last-Event-ID`, everything missed since, then live).
+    async fn begin_compat(&mut self, chunk: &mut BytesMut) -> Result<(), String> {
+        let client_id = self.options.client_id.clone().unwrap_or_default();
+        let registered = serde_json::json!({ "clientId": client_id }).to_string();
+        chunk.put(sse::compat_event(None, "registered", &registered));
+        let channels = self.options.filter.requested().unwrap_or_default();
+        let latest = self
+            .store
+            .latest(Some(channels.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        for channel in &channels {
+            let last = latest
+                .iter()
+                .filter(|r| &r.channel == channel)
+                .max_by_key(|r| r.id);
+            let value = last.map_or_else(|| "{}".to_owned(), |r| sse::compat_last_value(r));
+            chunk.put(sse::compat_event(Some(channel), "lastEvent", &value));
+        }
+        let seen = latest.iter().map(|r| r.id).max().unwrap_or(0);
+        if let Start::After(id) = self.options.start
+            && id <= self.store.last_id().await.map_err(|e| e.to_string())?
+        {
+            self.cursor = id;
+            self.phase = Phase::Replay {
+                announce_synced: false,
+            };
+        } else {
+            // Everything in these channels up to `seen` is summed up by the lastEvents; a
+            // reconnecting EventSource resumes from there.
+            self.cursor = seen;
+            chunk.put(sse::id_only(seen));
+            self.phase = Phase::Live;
+        }
+        Ok(())
+    }
+
     async fn wait(&mut self) -> Wake {
         let Self {
             rx,
@@ -302,9 +359,16 @@ impl Subscription {
                 }
                 None
             }
-            HubMessage::Revoked(user) => (self.options.filter.caller.user.as_deref()
-                == Some(&*user))
-            .then_some("user revoked"),
+            HubMessage::Presence(frame) => {
+                if self.options.format == Format::Compat {
+                    chunk.put(frame);
+                }
+                None
+            }
+            HubMessage::Revoked(user) => {
+                let mine = self.options.filter.caller.user.as_deref() == Some(&*user);
+                mine.then_some("user revoked")
+            }
         }
     }
 
@@ -336,12 +400,15 @@ impl Subscription {
     }
 
     fn send(&mut self, record: &Record, chunk: &mut BytesMut) {
-        chunk.put(sse::record_frame(record, self.options.envelope));
+        chunk.put(sse::record_frame(record, self.options.format));
         self.last_sent = Some(record.id);
         self.metrics.deliveries.inc();
     }
 
     fn put_synced(&self, chunk: &mut BytesMut) {
+        if self.options.format == Format::Compat {
+            return;
+        }
         let id = self.last_sent.unwrap_or(0).to_string();
         chunk.put(sse::event(
             None,

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::auth::StreamCaller;
 use crate::error::ApiError;
 use crate::names;
+use crate::sse::Format;
 use crate::state::AppState;
 use crate::stream::{ChannelFilter, Start, StreamOptions, Subscription};
 
@@ -40,9 +41,9 @@ pub async fn events(
         }
         None => None,
     };
-    let envelope = match query.envelope.as_deref() {
-        None | Some("false" | "0" | "") => false,
-        Some("true" | "1") => true,
+    let format = match query.envelope.as_deref() {
+        None | Some("false" | "0" | "") => Format::Native,
+        Some("true" | "1") => Format::Envelope,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "envelope must be true or false, got '{other}'"
@@ -63,7 +64,8 @@ pub async fn events(
     };
     let options = StreamOptions {
         filter: ChannelFilter::new(channels, caller.clone()),
-        envelope,
+        format,
+        client_id: None,
         start,
         expires_at: caller.expires_at,
     };

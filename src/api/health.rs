@@ -39,8 +39,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// `GET /openapi.json`.
 pub async fn openapi() -> Response {
     let mut response = OPENAPI.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

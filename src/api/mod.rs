@@ -5,10 +5,13 @@
 //! - [`audit`]: `GET /audit/{event}`, `GET /history/{event}`
 //! - [`users`]: `POST /users`, `POST /login`, `DELETE /users/{username}`
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
+//! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
+//!   `GET /presence`
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
 pub mod audit;
 pub mod body;
+pub mod compat;
 pub mod events;
 pub mod health;
 pub mod insert;
@@ -42,6 +45,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sse", get(events::events))
         .route("/audit/{event}", get(audit::audit))
         .route("/history/{event}", get(audit::history))
+        .route("/subscribe", get(compat::subscribe))
+        .route("/publish", post(compat::publish))
+        .route("/lastEvent", get(compat::last_event))
+        .route("/presence", get(compat::presence))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -97,8 +104,14 @@ mod tests {
     /// Every route of the router is described in the OpenAPI document, and nothing else is.
     #[test]
     fn openapi_describes_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(super::health::OPENAPI).expect("valid JSON");
-        let mut documented: Vec<String> = doc["paths"].as_object().expect("paths").keys().cloned().collect();
+        let doc: serde_json::Value =
+            serde_json::from_str(super::health::OPENAPI).expect("valid JSON");
+        let mut documented: Vec<String> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .cloned()
+            .collect();
         documented.sort();
         let source = include_str!("mod.rs");
         let mut routed: Vec<String> = source

@@ -34,10 +34,10 @@ pub struct Record {
     pub user: Option<String>,
     /// The event's data: compact JSON (one line).
     pub data: Box<RawValue>,
-    /// SSE frames of this record, encoded at most once and shared by every subscriber:
-    /// index 0 the plain frame, index 1 the enveloped one.
+    /// SSE frames of this record, encoded at most once and shared by every subscriber, one per
+    /// [`crate::sse::Format`].
     #[serde(skip)]
-    pub(crate) frames: [OnceLock<Bytes>; 2],
+    pub(crate) frames: [OnceLock<Bytes>; 3],
 }
 
 impl Record {

@@ -1,0 +1,197 @@
+//! Online presence: which clients are connected to which channels.
+//!
+//! A client is identified by its `clientId` (several connections, such as the tabs of one
+//! person, may share one). It counts once, and leaves only when its last connection closes.
+//! Joins and leaves mark the registry as changed. A background task waits [`COALESCE`] after the
+//! first change and then publishes one `online-presence` frame through the hub, so a hundred
+//! connections arriving at once make one event, not a hundred.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+
+/// How long presence changes are gathered before one event announces them.
+pub const COALESCE: Duration = Duration::from_millis(100);
+
+/// A connected client as `GET /presence` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's id.
+    pub client_id: String,
+    /// The user it authenticated as (`null` in open mode).
+    pub user: Option<String>,
+    /// Channels it is subscribed to, over all its connections.
+    pub channels: Vec<String>,
+    /// When its first open connection was made, microseconds since the Unix epoch.
+    pub connected_at: u64,
+}
+
+#[derive(Debug)]
+struct Client {
+    connections: usize,
+    user: Option<String>,
+    /// Channel → number of this client's connections subscribed to it.
+    channels: BTreeMap<String, usize>,
+    connected_at: u64,
+}
+
+/// The registry of connected clients.
+#[derive(Default)]
+pub struct Presence {
+    clients: Mutex<BTreeMap<String, Client>>,
+    dirty: AtomicBool,
+    changed: Notify,
+}
+
+impl Presence {
+    /// An empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers one connection of `client_id`; it leaves when the guard is dropped.
+    pub fn join(
+        self: &Arc<Self>,
+        client_id: &str,
+        user: Option<&str>,
+        channels: &[String],
+    ) -> PresenceGuard {
+        if let Ok(mut clients) = self.clients.lock() {
+            let client = clients
+                .entry(client_id.to_owned())
+                .or_insert_with(|| Client {
+                    connections: 0,
+                    user: user.map(str::to_owned),
+                    channels: BTreeMap::new(),
+                    connected_at: crate::store::embedded::now_micros(),
+                });
+            client.connections += 1;
+            for channel in channels {
+                *client.channels.entry(channel.clone()).or_default() += 1;
+            }
+        }
+        self.mark_changed();
+        PresenceGuard {
+            presence: self.clone(),
+            client_id: client_id.to_owned(),
+            channels: channels.to_vec(),
+        }
+    }
+
+    fn leave(&self, client_id: &str, channels: &[String]) {
+        if let Ok(mut clients) = self.clients.lock()
+            && let Some(client) = clients.get_mut(client_id)
+        {
+            client.connections = client.connections.saturating_sub(1);
+            for channel in channels {
+                if let Some(count) = client.channels.get_mut(channel) {
+                    *count -= 1;
+                    if *count == 0 {
+                        client.channels.remove(channel);
+                    }
+                }
+            }
+            if client.connections == 0 {
+                clients.remove(client_id);
+            }
+        }
+        self.mark_changed();
+    }
+
+    fn mark_changed(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Ids of every connected client, sorted.
+    pub fn client_ids(&self) -> Vec<String> {
+        self.clients
+            .lock()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Connected clients, restricted to those subscribed to `channel` when given.
+    pub fn clients(&self, channel: Option<&str>) -> Vec<ClientInfo> {
+        let Ok(clients) = self.clients.lock() else {
+            return Vec::new();
+        };
+        clients
+            .iter()
+            .filter(|(_, c)| channel.is_none_or(|ch| c.channels.contains_key(ch)))
+            .map(|(id, c)| ClientInfo {
+                client_id: id.clone(),
+                user: c.user.clone(),
+                channels: c.channels.keys().cloned().collect(),
+                connected_at: c.connected_at,
+            })
+            .collect()
+    }
+
+    /// Publishes one `online-presence` event per burst of changes until `shutdown`.
+    pub async fn announce(self: Arc<Self>, hub: Arc<Hub>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.changed.notified() => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(COALESCE) => {}
+            }
+            if self.dirty.swap(false, Ordering::AcqRel) {
+                let ids = serde_json::to_string(&self.client_ids()).unwrap_or_else(|_| "[]".into());
+                hub.presence(&ids);
+            }
+        }
+    }
+}
+
+/// One connection's membership; leaving happens on drop (however the connection ended).
+pub struct PresenceGuard {
+    presence: Arc<Presence>,
+    client_id: String,
+    channels: Vec<String>,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.leave(&self.client_id, &self.channels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_counts_once_and_leaves_with_its_last_connection() {
+        let presence = Presence::new();
+        let tab1 = presence.join("x", Some("ada"), &["a".into()]);
+        let tab2 = presence.join("x", Some("ada"), &["b".into()]);
+        let other = presence.join("y", None, &["a".into()]);
+        assert_eq!(presence.client_ids(), vec!["x", "y"]);
+        let x = &presence.clients(Some("b"))[0];
+        assert_eq!(
+            (x.client_id.as_str(), x.channels.clone()),
+            ("x", vec!["a".to_owned(), "b".to_owned()])
+        );
+        drop(tab1);
+        assert_eq!(
+            presence.clients(Some("a")).len(),
+            1,
+            "x left channel a with its first tab"
+        );
+        assert_eq!(presence.client_ids(), vec!["x", "y"]);
+        drop(tab2);
+        drop(other);
+        assert!(presence.client_ids().is_empty());
+    }
+}
