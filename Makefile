@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build release run test deps fmt fmt-check lint unit-test clean
+.PHONY: all build release run test deps fmt fmt-check lint browser-test clean
 
 all: build
 
@@ -19,6 +19,12 @@ run:
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint
 	$(CARGO) test --all-targets
+	$(MAKE) browser-test
+
+## The browser tests (headless Debian chromium via playwright-core) against target/debug/broker.
+browser-test: deps
+	$(CARGO) build
+	cd tests/browser && node --test
 
 ## System packages the tests use (installed only when missing).
 deps:

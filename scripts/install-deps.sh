@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Installs the system packages Broker's tests use, only those that are missing.
-# Runs as root on CI machines (apt-get); elsewhere it says what to install.
+# Installs what Broker's tests use, only what is missing: Debian packages (openssl and curl
+# for the black-box tests, chromium and Node.js for the browser tests) and the browser tests'
+# npm packages. Never downloads a browser of its own: playwright-core drives Debian's chromium.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
-echo "installing: ${missing[*]}"
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
-    echo "error: need root to install ${missing[*]} (apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-else
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
   SUDO=
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "error: root is needed to install ${missing[*]} (apt-get install ${missing[*]})" >&2
+      exit 1
+    }
+    SUDO=sudo
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "installing the browser tests' npm packages"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi

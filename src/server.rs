@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::ServiceExt;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 
@@ -135,7 +139,10 @@ pub async fn serve(
         }
     });
 
-    let service = router.into_make_service();
+    // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
+    let service = ServiceExt::<Request>::into_make_service(
+        NormalizePathLayer::trim_trailing_slash().layer(router),
+    );
     let result = match tls {
         Some(tls) => {
             axum_server::bind_rustls(addr, tls)
