@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
 use axum::ServiceExt;
-use tower::Layer;
-use tower_http::normalize_path::NormalizePathLayer;
+use axum::extract::Request;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::Error;
 use crate::api;
