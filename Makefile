@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build release run test deps fmt fmt-check lint browser-test clean
+.PHONY: all build release run test deps fmt fmt-check lint js-test browser-test clean
 
 all: build
 
@@ -19,7 +19,12 @@ run:
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint
 	$(CARGO) test --all-targets
-	$(MAKE) browser-test
+	$(MAKE) js-test browser-test
+
+## The JS client's tests (node:test) against target/debug/broker.
+js-test:
+	$(CARGO) build
+	cd clients/js && node --test test/
 
 ## The browser tests (headless Debian chromium via playwright-core) against target/debug/broker.
 browser-test: deps

@@ -409,9 +409,11 @@ impl Subscription {
         if self.options.format == Format::Compat {
             return;
         }
+        // The id line makes `$synced` the resume point even when nothing was sent: a client
+        // that reconnects with it gets every record committed since, not just a snapshot.
         let id = self.last_sent.unwrap_or(0).to_string();
         chunk.put(sse::event(
-            None,
+            Some(&id),
             "$synced",
             &serde_json::json!({ "id": id }).to_string(),
         ));

@@ -426,3 +426,38 @@ async fn too_many_streams_get_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn synced_carries_the_resume_id_even_after_an_empty_snapshot() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let token = api.user("ada").await;
+    let mut stream = api.stream("/events", Some(&token), None).await;
+    let synced = loop {
+        let event = stream.next_event().await;
+        if event.event == "$synced" {
+            break event;
+        }
+    };
+    assert_eq!(
+        synced.id.as_deref(),
+        Some("0"),
+        "`id:` on $synced so EventSource resumes from it"
+    );
+    drop(stream);
+    let a = api.insert(&token, "e", json!(1), None).await;
+    let b = api.insert(&token, "e", json!(2), None).await;
+    let mut resumed = api
+        .stream("/events", Some(&token), synced.id.as_deref())
+        .await;
+    let (replayed, _) = resumed.until_synced().await;
+    let want: Vec<u64> = [&a, &b]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        ids_of(&replayed),
+        want,
+        "both versions, not just the latest"
+    );
+}
