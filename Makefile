@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build release run test deps fmt fmt-check lint js-test browser-test clean
+.PHONY: all build release run demo screenshot test deps fmt fmt-check lint js-test browser-test clean
 
 all: build
 
@@ -15,6 +15,15 @@ release:
 ## Start a server on port 8080 with the database in ./data.
 run:
 	$(CARGO) run --release
+
+## The two-window demo at http://localhost:8080/demo (open mode, no login).
+demo:
+	$(CARGO) run --release -- --demo --no-auth
+
+## Refresh docs/demo.png from the browser test.
+screenshot: deps
+	$(CARGO) build
+	cd tests/browser && UPDATE_SCREENSHOT=1 node --test demo.test.mjs
 
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint

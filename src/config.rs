@@ -117,6 +117,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_streams: u64,
 
+    /// Serve the two-window demo page at `/demo`.
+    #[arg(long, env = "BROKER_DEMO", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub demo: bool,
+
     /// Seconds that shutdown waits for in-flight requests before closing connections.
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,

@@ -7,11 +7,13 @@
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
+//! - [`demo`]: the demo page at `/demo` (with `--demo`)
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
 pub mod audit;
 pub mod body;
 pub mod compat;
+pub mod demo;
 pub mod events;
 pub mod health;
 pub mod insert;
@@ -31,7 +33,9 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.max_body).unwrap_or(usize::MAX);
     let cors = cors(&state.config.origin);
+    let demo = if state.config.demo { demo::routes() } else { Router::new() };
     Router::new()
+        .merge(demo)
         .route("/", get(health::health).head(health::health))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
