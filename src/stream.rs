@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
@@ -148,10 +147,9 @@ impl Subscription {
         let period = state.config.keepalive_interval();
         let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let deadline = options.expires_at.map(|exp| {
-            let left = exp.saturating_sub(crate::auth::jwt::now_secs());
-            Box::pin(tokio::time::sleep(Duration::from_secs(left)))
-        });
+        let deadline = options
+            .expires_at
+            .map(|exp| Box::pin(tokio::time::sleep(crate::auth::jwt::time_until(exp))));
         state.metrics.subscribers.inc();
         Self {
             rx,

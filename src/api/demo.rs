@@ -28,11 +28,17 @@ async fn page() -> impl IntoResponse {
 }
 
 async fn client() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CLIENT)
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT,
+    )
 }
 
 async fn client_sse() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CLIENT_SSE)
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_SSE,
+    )
 }
 
 /// Tells the page whether it must offer signup and login.

@@ -33,7 +33,11 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.max_body).unwrap_or(usize::MAX);
     let cors = cors(&state.config.origin);
-    let demo = if state.config.demo { demo::routes() } else { Router::new() };
+    let demo = if state.config.demo {
+        demo::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(demo)
         .route("/", get(health::health).head(health::health))

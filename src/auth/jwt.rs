@@ -70,7 +70,7 @@ impl Keys {
     /// # Errors
     /// A short reason suitable for a 401 answer.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
@@ -78,13 +78,26 @@ impl Keys {
                     "invalid token signature".to_owned()
                 }
                 _ => "invalid token".to_owned(),
-            })
+            })?;
+        // RFC 7519: not accepted on or after `exp` (the library still accepts during that
+        // second); streams end at the same instant.
+        if claims.exp <= now_secs() {
+            return Err("token expired".to_owned());
+        }
+        Ok(claims)
     }
 
     /// Token lifetime in seconds.
     pub fn expiry_secs(&self) -> u64 {
         self.expiry_secs
     }
+}
+
+/// Time left until the Unix second `exp`, zero if it has passed.
+pub fn time_until(exp: u64) -> std::time::Duration {
+    (std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp))
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch.
