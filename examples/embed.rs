@@ -16,12 +16,18 @@ use axum::routing::get;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     broker::init_logging();
     let config = broker::Config::from_env()?;
-    let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000u16);
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000u16);
 
     // Open the store (no listener): Broker's routes, ready to nest.
     let app = broker::Broker::new(config).open().await?;
     let router = Router::new()
-        .route("/hello", get(|| async { "hello from the host application" }))
+        .route(
+            "/hello",
+            get(|| async { "hello from the host application" }),
+        )
         .nest("/broker", app.router());
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -114,33 +114,20 @@ impl FromRequestParts<AppState> for StreamCaller {
     }
 }
 
-/// The caller if credentials were sent, `None` if none were (for endpoints that are public but
-/// behave differently for admins, like signup).
+/// The caller if valid credentials were sent, `None` otherwise: for public endpoints that
+/// behave differently for admins (signup). Stale credentials (an old cookie) do not block them.
 #[derive(Debug, Clone)]
 pub struct MaybeCaller(pub Option<Caller>);
 
 impl FromRequestParts<AppState> for MaybeCaller {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let has_credentials = parts
-            .headers
-            .contains_key(axum::http::header::AUTHORIZATION)
-            || parts
-                .headers
-                .get_all(axum::http::header::COOKIE)
-                .iter()
-                .any(|c| c.to_str().is_ok_and(|c| c.contains(super::COOKIE_NAME)));
-        if !has_credentials {
-            return Ok(Self(None));
-        }
-        state
-            .auth
-            .authenticate(parts, false)
-            .await
-            .map(|c| Self(Some(c)))
+        let caller = state.auth.authenticate(parts, false).await.ok();
+        // In open mode `authenticate` admits everyone; only real credentials count here.
+        Ok(Self(caller.filter(|c| c.user.is_some())))
     }
 }
