@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build release run demo screenshot test deps fmt fmt-check lint js-test browser-test clean
+.PHONY: all build release run demo screenshot bench bench-full test deps fmt fmt-check lint js-test browser-test clean
 
 all: build
 
@@ -25,9 +25,16 @@ screenshot: deps
 	$(CARGO) build
 	cd tests/browser && UPDATE_SCREENSHOT=1 node --test demo.test.mjs
 
+## Load-test a release build: a quick suite (about a minute) or the whole one.
+bench:
+	scripts/bench.sh quick
+
+bench-full:
+	scripts/bench.sh full
+
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 	$(MAKE) js-test browser-test
 
 ## The JS client's tests (node:test) against target/debug/broker.
@@ -51,7 +58,7 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,76 @@
+//! The load tool's command line.
+
+use clap::{Parser, ValueEnum};
+
+/// Which server wire to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Wire {
+    /// Broker's native wire: login, `GET /events`, `POST /insert`.
+    Broker,
+    /// node-sse-server's wire: `GET /subscribe`, `POST /publish` (Broker serves it too).
+    NodeSse,
+}
+
+/// A load run: N subscribers on one channel, P publishers, for a duration.
+#[derive(Debug, Clone, Parser, serde::Serialize)]
+#[command(
+    name = "broker-bench",
+    version,
+    about = "Load tool for Broker and node-sse-server"
+)]
+pub struct Args {
+    /// Base URL of the server under test.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Wire profile.
+    #[arg(long, value_enum, default_value = "broker")]
+    pub profile: Wire,
+    /// Concurrent SSE subscribers.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Total publish rate in events/s over all publishers; 0 publishes flat out.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds to wait after publishing for every delivery to arrive.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain: f64,
+    /// Extra bytes of padding in each event's data.
+    #[arg(long, default_value_t = 0)]
+    pub payload: usize,
+    /// Spread subscribers over this many loopback source addresses (127.0.0.2, 127.0.0.3, ...)
+    /// so that many connections do not exhaust ephemeral ports; 0 uses the default address.
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: u8,
+    /// Pid of the server, to read its resident memory from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Before the run, time a new subscriber's snapshot of this many distinct events
+    /// (broker profile).
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_events: usize,
+    /// Username for the broker profile (signed up if missing).
+    #[arg(long, default_value = "bench")]
+    pub user: String,
+    /// Password for the broker profile.
+    #[arg(long, default_value = "bench-password")]
+    pub password: String,
+    /// Channel used for the run.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// A label for this run in the report.
+    #[arg(long, default_value = "run")]
+    pub label: String,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,95 @@
+//! What differs between the two wires: URLs, publish bodies, and how a delivery is read.
+
+use serde_json::{Value, json};
+
+use crate::config::Wire;
+
+/// One delivered sample: publisher, sequence number, send time (µs since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Publisher index.
+    pub publisher: usize,
+    /// Sequence number within that publisher.
+    pub seq: u64,
+    /// When the publisher sent it.
+    pub sent_us: u64,
+}
+
+/// The event name (broker) or type (node-sse) the tool publishes.
+pub const EVENT: &str = "bench";
+
+/// The stream URL of a subscriber.
+pub fn stream_url(wire: Wire, base: &str, channel: &str, client: usize) -> String {
+    match wire {
+        Wire::Broker => format!("{base}/events?channels={channel}"),
+        Wire::NodeSse => format!("{base}/subscribe?channels={channel}&clientId=bench-{client}"),
+    }
+}
+
+/// The data of one sample, padded.
+pub fn sample_data(sample: Sample, pad: &str) -> Value {
+    json!({"p": sample.publisher, "s": sample.seq, "t": sample.sent_us, "pad": pad})
+}
+
+/// The publish request (path, body) for one sample.
+pub fn publish(wire: Wire, channel: &str, data: &Value) -> (&'static str, Value) {
+    match wire {
+        Wire::Broker => (
+            "/insert",
+            json!({"event": EVENT, "channel": channel, "data": data}),
+        ),
+        Wire::NodeSse => (
+            "/publish",
+            json!({"events": [{"channelName": channel, "type": EVENT, "payload": data.to_string()}]}),
+        ),
+    }
+}
+
+/// Whether this event ends the subscriber's initial phase.
+pub fn is_synced(wire: Wire, event: &str) -> bool {
+    match wire {
+        Wire::Broker => event == "$synced",
+        Wire::NodeSse => event == "lastEvent",
+    }
+}
+
+/// Reads a sample out of an SSE event, if it is one.
+pub fn parse(wire: Wire, event: &str, data: &str) -> Option<Sample> {
+    if event != EVENT {
+        return None;
+    }
+    let value: Value = serde_json::from_str(data).ok()?;
+    let inner = match wire {
+        Wire::Broker => value,
+        Wire::NodeSse => serde_json::from_str(value.get("payload")?.as_str()?).ok()?,
+    };
+    Some(Sample {
+        publisher: usize::try_from(inner.get("p")?.as_u64()?).ok()?,
+        seq: inner.get("s")?.as_u64()?,
+        sent_us: inner.get("t")?.as_u64()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_wires_round_trip() {
+        let sample = Sample {
+            publisher: 3,
+            seq: 9,
+            sent_us: 1234,
+        };
+        let data = sample_data(sample, "xx");
+        assert_eq!(parse(Wire::Broker, EVENT, &data.to_string()), Some(sample));
+        let (_, body) = publish(Wire::NodeSse, "c", &data);
+        let delivered =
+            json!({"channelName": "c", "type": EVENT, "payload": body["events"][0]["payload"]});
+        assert_eq!(
+            parse(Wire::NodeSse, EVENT, &delivered.to_string()),
+            Some(sample)
+        );
+        assert_eq!(parse(Wire::Broker, "other", &data.to_string()), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! The results of a run, as JSON and as a Markdown table.
+
+use serde::Serialize;
+
+use crate::config::Args;
+use crate::stats::Summary;
+
+/// Everything a run measured.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    /// The run's settings.
+    pub args: Args,
+    /// Subscribers that reached the live phase.
+    pub subscribers_synced: usize,
+    /// Subscribers whose stream failed.
+    pub subscribers_failed: usize,
+    /// Seconds until every subscriber was connected and synced.
+    pub connect_seconds: f64,
+    /// Subscribers connected per second.
+    pub connect_rate: f64,
+    /// Publishes acknowledged.
+    pub inserts: u64,
+    /// Publishes that failed.
+    pub insert_errors: u64,
+    /// Acknowledged publishes per second.
+    pub inserts_per_second: f64,
+    /// Publish latency.
+    pub insert_latency: Summary,
+    /// Deliveries received (distinct).
+    pub deliveries: u64,
+    /// Deliveries per second over the publishing period and the drain.
+    pub deliveries_per_second: f64,
+    /// Insert → delivery latency.
+    pub delivery_latency: Summary,
+    /// Acknowledged publishes some subscriber never received.
+    pub lost: u64,
+    /// Deliveries received twice (or out of order).
+    pub duplicated: u64,
+    /// Server RSS before the subscribers connected, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS with every subscriber connected and idle, KiB.
+    pub rss_idle_kib: Option<u64>,
+    /// Server RSS at the end, KiB.
+    pub rss_end_kib: Option<u64>,
+    /// (idle − before) / subscribers, bytes.
+    pub bytes_per_idle_subscriber: Option<f64>,
+    /// Server CPU seconds used during the publishing period.
+    pub server_cpu_seconds: Option<f64>,
+    /// This tool's own CPU seconds during the publishing period.
+    pub tool_cpu_seconds: Option<f64>,
+    /// Seconds a new subscriber took to receive the snapshot of `--snapshot-events` events.
+    pub snapshot_seconds: Option<f64>,
+}
+
+impl Results {
+    /// A Markdown table of the main figures.
+    pub fn markdown(&self) -> String {
+        let a = &self.args;
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("–".to_owned(), |v| format!("{v:.1} {unit}"));
+        let mut rows = vec![
+            ("profile", format!("{:?}", a.profile).to_lowercase()),
+            (
+                "subscribers (synced / failed)",
+                format!(
+                    "{} ({} / {})",
+                    a.subscribers, self.subscribers_synced, self.subscribers_failed
+                ),
+            ),
+            (
+                "publishers, target rate",
+                format!(
+                    "{}, {}",
+                    a.publishers,
+                    if a.rate > 0.0 {
+                        format!("{} /s", a.rate)
+                    } else {
+                        "flat out".into()
+                    }
+                ),
+            ),
+            (
+                "connection set-up",
+                format!(
+                    "{:.0} /s ({:.2} s)",
+                    self.connect_rate, self.connect_seconds
+                ),
+            ),
+            (
+                "inserts",
+                format!(
+                    "{} ({:.0} /s, {} errors)",
+                    self.inserts, self.inserts_per_second, self.insert_errors
+                ),
+            ),
+            (
+                "insert latency p50 / p99 / max",
+                format!(
+                    "{:.2} / {:.2} / {:.2} ms",
+                    self.insert_latency.p50_ms,
+                    self.insert_latency.p99_ms,
+                    self.insert_latency.max_ms
+                ),
+            ),
+            (
+                "deliveries",
+                format!("{} ({:.0} /s)", self.deliveries, self.deliveries_per_second),
+            ),
+            (
+                "delivery latency p50 / p90 / p99 / p99.9 / max",
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2} / {:.2} ms",
+                    self.delivery_latency.p50_ms,
+                    self.delivery_latency.p90_ms,
+                    self.delivery_latency.p99_ms,
+                    self.delivery_latency.p999_ms,
+                    self.delivery_latency.max_ms
+                ),
+            ),
+            (
+                "lost / duplicated",
+                format!("{} / {}", self.lost, self.duplicated),
+            ),
+            (
+                "server RSS before / idle / end",
+                format!(
+                    "{} / {} / {}",
+                    opt(self.rss_before_kib.map(|v| v as f64 / 1024.0), "MiB"),
+                    opt(self.rss_idle_kib.map(|v| v as f64 / 1024.0), "MiB"),
+                    opt(self.rss_end_kib.map(|v| v as f64 / 1024.0), "MiB")
+                ),
+            ),
+            (
+                "memory per idle subscriber",
+                opt(self.bytes_per_idle_subscriber, "B"),
+            ),
+            (
+                "CPU seconds server / load tool",
+                format!(
+                    "{} / {}",
+                    opt(self.server_cpu_seconds, "s"),
+                    opt(self.tool_cpu_seconds, "s")
+                ),
+            ),
+        ];
+        if let Some(s) = self.snapshot_seconds {
+            rows.push((
+                "snapshot",
+                format!("{} events in {:.3} s", a.snapshot_events, s),
+            ));
+        }
+        let mut out = format!("| {} | |\n|---|---|\n", a.label);
+        for (k, v) in rows {
+            out.push_str(&format!("| {k} | {v} |\n"));
+        }
+        out
+    }
+}

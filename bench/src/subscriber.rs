@@ -1,0 +1,131 @@
+//! One SSE subscriber: connects, waits for the end of its initial phase, then counts every
+//! delivery, checks for loss and duplicates, and records insert→delivery latency.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+
+use crate::config::Wire;
+use crate::profile;
+use crate::stats::now_us;
+
+/// Counters a subscriber shares with the coordinator while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Set once its snapshot (or `lastEvent`) has arrived.
+    pub synced: AtomicBool,
+    /// Distinct samples received.
+    pub received: AtomicU64,
+    /// Samples received more than once (or out of a publisher's order).
+    pub duplicates: AtomicU64,
+    /// Set if the stream failed or ended early.
+    pub failed: AtomicBool,
+    /// Why it failed.
+    pub error: std::sync::OnceLock<String>,
+}
+
+/// Everything a subscriber needs.
+pub struct Subscriber {
+    /// Wire profile.
+    pub wire: Wire,
+    /// Stream URL.
+    pub url: String,
+    /// Bearer token (broker profile).
+    pub token: Option<String>,
+    /// Client to connect with (bound to its source address).
+    pub http: reqwest::Client,
+    /// Number of publishers (for per-publisher order checks).
+    pub publishers: usize,
+    /// Shared counters.
+    pub progress: Arc<Progress>,
+    /// Shared latency histogram (µs), fed in batches.
+    pub latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Subscriber {
+    /// Runs until the stream ends or the task is aborted.
+    pub async fn run(self) {
+        if let Err(e) = self.stream().await {
+            let _ = self.progress.error.set(e);
+            self.progress.failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    async fn stream(&self) -> Result<(), String> {
+        let mut req = self
+            .http
+            .get(&self.url)
+            .header("accept", "text/event-stream");
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "{} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ));
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut event = String::new();
+        let mut data = String::new();
+        let mut last_seq: Vec<Option<u64>> = vec![None; self.publishers];
+        let mut pending: Vec<u64> = Vec::with_capacity(256);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            buf.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+                let line = &buf[start..start + pos];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.is_empty() {
+                    if profile::is_synced(self.wire, &event) {
+                        self.progress.synced.store(true, Ordering::Release);
+                    } else if let Some(sample) = profile::parse(self.wire, &event, &data) {
+                        self.count(sample, &mut last_seq, &mut pending);
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix(b"event: ") {
+                    event = String::from_utf8_lossy(v).into_owned();
+                } else if let Some(v) = line.strip_prefix(b"data: ") {
+                    data = String::from_utf8_lossy(v).into_owned();
+                }
+                start += pos + 1;
+            }
+            buf.drain(..start);
+            self.flush(&mut pending);
+        }
+        self.flush(&mut pending);
+        Err("stream ended".into())
+    }
+
+    fn count(&self, sample: profile::Sample, last_seq: &mut [Option<u64>], pending: &mut Vec<u64>) {
+        let Some(last) = last_seq.get_mut(sample.publisher) else {
+            return;
+        };
+        if last.is_some_and(|l| sample.seq <= l) {
+            self.progress.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(sample.seq);
+        self.progress.received.fetch_add(1, Ordering::Relaxed);
+        pending.push(now_us().saturating_sub(sample.sent_us).max(1));
+    }
+
+    fn flush(&self, pending: &mut Vec<u64>) {
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.latency.lock() {
+            for &us in pending.iter() {
+                let _ = h.record(us);
+            }
+        }
+        pending.clear();
+    }
+}

@@ -1,0 +1,107 @@
+//! Runs the load tool on tiny numbers against the real `broker` binary, for both wires, so
+//! `make test` proves the tool works (timings are not checked: they are benchmarks' business).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The workspace's `broker` binary (built by `cargo test --workspace`), or `BROKER_BIN`.
+fn broker_bin() -> PathBuf {
+    std::env::var_os("BROKER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/broker"),
+        PathBuf::from,
+    )
+}
+
+struct Broker(std::process::Child, String);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker(db: &std::path::Path) -> Broker {
+    let mut child = Command::new(broker_bin())
+        .args(["--host", "127.0.0.1", "--port", "0", "--db"])
+        .arg(db)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", broker_bin().display()));
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("listening on ").nth(1) {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("broker listening");
+    Broker(child, url)
+}
+
+#[test]
+fn the_tool_measures_both_wires_with_nothing_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = start_broker(&dir.path().join("db"));
+    for profile in ["broker", "node-sse"] {
+        let json = dir.path().join(format!("{profile}.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
+            .args([
+                "--url",
+                &broker.1,
+                "--profile",
+                profile,
+                "--subscribers",
+                "20",
+                "--publishers",
+                "2",
+            ])
+            .args([
+                "--duration",
+                "1",
+                "--quiet",
+                "--snapshot-events",
+                "50",
+                "--channel",
+                profile,
+            ])
+            .arg("--server-pid")
+            .arg(broker.0.id().to_string())
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .expect("run broker-bench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{profile}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("| lost / duplicated | 0 / 0 |"), "{stdout}");
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+                .expect("valid JSON");
+        let inserts = results["inserts"].as_u64().expect("inserts");
+        assert!(inserts > 0);
+        assert_eq!(
+            results["deliveries"].as_u64(),
+            Some(inserts * 20),
+            "every subscriber got every insert"
+        );
+        assert_eq!(results["subscribers_synced"].as_u64(), Some(20));
+        assert!(results["delivery_latency"]["count"].as_u64().unwrap_or(0) > 0);
+        assert!(
+            results["rss_idle_kib"].as_u64().unwrap_or(0) > 0,
+            "server memory read from /proc"
+        );
+        assert!(results["snapshot_seconds"].as_f64().is_some());
+    }
+}
