@@ -17,7 +17,7 @@ run() { # label, then broker-bench arguments
   local label=$1; shift
   echo "== $label"
   target/release/broker-bench --url http://127.0.0.1:18500 --server-pid $pid --label "$label" \
-    --json "$out/$label.json" "$@" | tee "$out/$label.md"
+    --channel "bench-$label" --json "$out/$label.json" "$@" | tee "$out/$label.md"
 }
 
 if [ "$suite" = quick ]; then

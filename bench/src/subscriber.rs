@@ -85,6 +85,8 @@ impl Subscriber {
                 if line.is_empty() {
                     if profile::is_synced(self.wire, &event) {
                         self.progress.synced.store(true, Ordering::Release);
+                    } else if !self.progress.synced.load(Ordering::Relaxed) {
+                        // Snapshot (or lastEvent) of earlier runs: not part of this one.
                     } else if let Some(sample) = profile::parse(self.wire, &event, &data) {
                         self.count(sample, &mut last_seq, &mut pending);
                     }
