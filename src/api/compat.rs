@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::JsonBody;
-use super::events::sse_response;
+use super::events::{admit, resume_point, sse_response};
 use super::insert::{compact, store_records};
 use crate::auth::{Caller, StreamCaller};
 use crate::error::ApiError;
@@ -20,7 +20,7 @@ use crate::names;
 use crate::sse::{self, Format};
 use crate::state::AppState;
 use crate::store::NewRecord;
-use crate::stream::{ChannelFilter, Start, StreamOptions, Subscription};
+use crate::stream::{ChannelFilter, StreamOptions, Subscription};
 
 /// Event types node-sse-server reserves for itself.
 pub const RESERVED_TYPES: [&str; 3] = ["registered", "lastEvent", "online-presence"];
@@ -64,17 +64,8 @@ pub async fn subscribe(
         Some(id) => id,
         None => format!("{:016x}", rand::random::<u64>()),
     };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or(query.last_event_id.as_deref());
-    if !state.is_ready() {
-        return Err(ApiError::unavailable("shutting down"));
-    }
-    let Some(slot) = state.hub.open_stream() else {
-        state.metrics.refused_streams.inc();
-        return Err(ApiError::unavailable("too many open streams"));
-    };
+    let start = resume_point(&headers, query.last_event_id.as_deref());
+    let slot = admit(&state)?;
     let guard = state
         .presence
         .join(&client_id, caller.user.as_deref(), &channels);
@@ -82,7 +73,7 @@ pub async fn subscribe(
         filter: ChannelFilter::new(Some(channels), caller.clone()),
         format: Format::Compat,
         client_id: Some(client_id),
-        start: Start::from_last_event_id(last_event_id),
+        start,
         expires_at: caller.expires_at,
     };
     let subscription = Subscription::new(&state, options, slot).with_presence(guard);

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::auth::StreamCaller;
 use crate::error::ApiError;
+use crate::hub::StreamSlot;
 use crate::names;
 use crate::sse::Format;
 use crate::state::AppState;
@@ -50,18 +51,8 @@ pub async fn events(
             )));
         }
     };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or(query.last_event_id.as_deref());
-    let start = Start::from_last_event_id(last_event_id);
-    if !state.is_ready() {
-        return Err(ApiError::unavailable("shutting down"));
-    }
-    let Some(slot) = state.hub.open_stream() else {
-        state.metrics.refused_streams.inc();
-        return Err(ApiError::unavailable("too many open streams"));
-    };
+    let start = resume_point(&headers, query.last_event_id.as_deref());
+    let slot = admit(&state)?;
     let options = StreamOptions {
         filter: ChannelFilter::new(channels, caller.clone()),
         format,
@@ -71,6 +62,26 @@ pub async fn events(
     };
     let subscription = Subscription::new(&state, options, slot);
     Ok(sse_response(Body::from_stream(subscription.into_stream())))
+}
+
+/// Where a stream resumes: the `Last-Event-ID` header, else the `last_event_id` query value.
+pub fn resume_point(headers: &HeaderMap, query_value: Option<&str>) -> Start {
+    let header = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    Start::from_last_event_id(header.or(query_value))
+}
+
+/// Admits a new stream: 503 while shutting down or with `--max-streams` already open.
+///
+/// # Errors
+/// 503 with the reason.
+pub fn admit(state: &AppState) -> Result<StreamSlot, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    state.hub.open_stream().ok_or_else(|| {
+        state.metrics.refused_streams.inc();
+        ApiError::unavailable("too many open streams")
+    })
 }
 
 /// Wraps a stream body with the headers an SSE response needs.
