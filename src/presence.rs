@@ -70,7 +70,7 @@ impl Presence {
                     connections: 0,
                     user: user.map(str::to_owned),
                     channels: BTreeMap::new(),
-                    connected_at: crate::store::embedded::now_micros(),
+                    connected_at: crate::store::now_micros(),
                 });
             client.connections += 1;
             for channel in channels {

@@ -85,7 +85,7 @@ pub async fn create_user(
         admin: grants.admin,
         read: grants.read,
         write: grants.write,
-        created_at: crate::store::embedded::now_micros(),
+        created_at: crate::store::now_micros(),
         revoked: false,
     };
     state.store.create_user(user).await?;

@@ -148,7 +148,7 @@ impl Auth {
             write: vec!["*".into()],
             created_at: existing
                 .as_ref()
-                .map_or_else(crate::store::embedded::now_micros, |u| u.created_at),
+                .map_or_else(crate::store::now_micros, |u| u.created_at),
             revoked: false,
         };
         self.store.put_user(user).await

@@ -16,13 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{CommitListener, NewRecord, Record, Store, StoreError, User};
+use super::{CommitListener, NewRecord, Record, Store, StoreError, User, now_micros};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const LATEST: TableDefinition<(&str, &str), u64> = TableDefinition::new("latest");
@@ -37,13 +36,6 @@ pub const DB_FILE: &str = "broker.redb";
 
 fn backend(err: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(err.into().to_string())
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;

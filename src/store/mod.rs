@@ -113,6 +113,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Receives every committed batch of records, in id order, before the appends are acknowledged.
 pub trait CommitListener: Send + Sync + 'static {
     /// Called once per commit with the new records in id order.
