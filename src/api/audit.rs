@@ -1,7 +1,9 @@
 //! `GET /audit/{event}` (every version as one object) and `GET /history/{event}` (paginated).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;

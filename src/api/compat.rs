@@ -5,7 +5,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::Query;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;

@@ -1,7 +1,9 @@
 //! `GET /events` (alias `GET /sse`): the event stream.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::Query;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

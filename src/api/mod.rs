@@ -15,6 +15,7 @@ pub mod body;
 pub mod compat;
 pub mod demo;
 pub mod events;
+pub mod extract;
 pub mod health;
 pub mod insert;
 pub mod users;

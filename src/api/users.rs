@@ -1,7 +1,9 @@
 //! `POST /users` (signup), `POST /login`, `DELETE /users/{username}` (revoke).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
