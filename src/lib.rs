@@ -42,6 +42,7 @@ pub mod sse;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod stream_conn;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -13,8 +13,10 @@ use axum::Router;
 use axum::ServiceExt;
 use axum::extract::Request;
 use axum_server::Handle;
+use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::RustlsConfig;
 use tower::Layer;
+use tower::util::BoxCloneSyncService;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::Error;
@@ -26,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::stream_conn::StreamAcceptor;
 
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
 pub struct App {
@@ -140,17 +143,24 @@ pub async fn serve(
     });
 
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
-    let service = ServiceExt::<Request>::into_make_service(
-        NormalizePathLayer::trim_trailing_slash().layer(router),
-    );
+    let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
+    let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()));
+    let service = ServiceExt::<Request>::into_make_service(routes);
     let result = match tls {
         Some(tls) => {
             axum_server::bind_rustls(addr, tls)
+                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(service)
                 .await
         }
-        None => axum_server::bind(addr).handle(handle).serve(service).await,
+        None => {
+            axum_server::bind(addr)
+                .acceptor(streams)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
     };
     app.close().await;
     result.map_err(|e| Error::Listen(addr, e))?;

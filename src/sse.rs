@@ -19,10 +19,8 @@ pub enum Format {
 
 /// The SSE frame of a record, encoded once per record and format and shared by every
 /// subscriber.
-pub fn record_frame(record: &Record, format: Format) -> Bytes {
-    record.frames[format as usize]
-        .get_or_init(|| encode_record(record, format))
-        .clone()
+pub fn record_frame(record: &Record, format: Format) -> &Bytes {
+    record.frames[format as usize].get_or_init(|| encode_record(record, format))
 }
 
 #[derive(Serialize)]
@@ -154,7 +152,7 @@ mod tests {
     fn compat_frames() {
         let record = record();
         let frame = record_frame(&record, Format::Compat);
-        let text = std::str::from_utf8(&frame).expect("utf-8");
+        let text = std::str::from_utf8(frame).expect("utf-8");
         let data = text
             .lines()
             .nth(2)

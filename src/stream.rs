@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use futures_util::Stream;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::auth::Caller;
 use crate::hub::{HubMessage, StreamSlot};
@@ -132,9 +133,15 @@ pub struct Subscription {
     cursor: u64,
     /// Id of the last record sent, for `$synced`.
     last_sent: Option<u64>,
+    /// The last channel looked at and whether it passed the filter: a stream's records mostly
+    /// come from one channel, so most deliveries skip the lookup and the permission check.
+    last_channel: Option<(String, bool)>,
+    /// Deliveries not yet added to the metrics (added once per write, not per record).
+    unreported: u64,
     keepalive: Interval,
     deadline: Option<Pin<Box<Sleep>>>,
-    shutdown: CancellationToken,
+    /// Completes at shutdown; registered once, not on every wake.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     _slot: StreamSlot,
     /// Presence membership of a node-sse-server client, left when the stream is dropped.
     _presence: Option<PresenceGuard>,
@@ -160,9 +167,11 @@ impl Subscription {
             retry_ms: state.config.retry_ms,
             cursor: 0,
             last_sent: None,
+            last_channel: None,
+            unreported: 0,
             keepalive,
             deadline,
-            shutdown: state.shutdown.clone(),
+            shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
             _slot: slot,
             _presence: None,
         }
@@ -183,7 +192,7 @@ impl Subscription {
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            if self.shutdown.is_cancelled() {
+            if !matches!(self.phase, Phase::Live) && self.shutting_down() {
                 self.phase = Phase::Done;
             }
             let mut chunk = BytesMut::new();
@@ -216,7 +225,7 @@ impl Subscription {
                     };
                     for record in &page {
                         self.cursor = record.id;
-                        if self.options.filter.allows(&record.channel) {
+                        if self.admits(&record.channel) {
                             self.send(record, &mut chunk);
                         }
                     }
@@ -247,6 +256,7 @@ impl Subscription {
                 }
             }
             if !chunk.is_empty() {
+                self.report_deliveries();
                 return Some(chunk.freeze());
             }
         }
@@ -338,11 +348,18 @@ impl Subscription {
         } = self;
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => Wake::Shutdown,
+            () = shutdown.as_mut() => Wake::Shutdown,
             () = until(deadline) => Wake::Expired,
             message = rx.recv() => Wake::Message(message),
             _ = keepalive.tick() => Wake::KeepAlive,
         }
+    }
+
+    /// Whether shutdown has begun (a live stream learns it in [`Self::wait`]).
+    fn shutting_down(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        self.shutdown.as_mut().poll(&mut cx).is_ready()
     }
 
     /// Handles a hub message; returns a reason when the stream must end.
@@ -351,7 +368,7 @@ impl Subscription {
             HubMessage::Record(record) => {
                 if record.id > self.cursor {
                     self.cursor = record.id;
-                    if self.options.filter.allows(&record.channel) {
+                    if self.admits(&record.channel) {
                         self.send(&record, chunk);
                     }
                 }
@@ -397,10 +414,29 @@ impl Subscription {
         };
     }
 
+    /// Whether records of `channel` go to this stream, remembering the last answer.
+    fn admits(&mut self, channel: &str) -> bool {
+        if let Some((last, allowed)) = &self.last_channel
+            && last == channel
+        {
+            return *allowed;
+        }
+        let allowed = self.options.filter.allows(channel);
+        self.last_channel = Some((channel.to_owned(), allowed));
+        allowed
+    }
+
     fn send(&mut self, record: &Record, chunk: &mut BytesMut) {
-        chunk.put(sse::record_frame(record, self.options.format));
+        chunk.put_slice(sse::record_frame(record, self.options.format));
         self.last_sent = Some(record.id);
-        self.metrics.deliveries.inc();
+        self.unreported += 1;
+    }
+
+    fn report_deliveries(&mut self) {
+        if self.unreported > 0 {
+            self.metrics.deliveries.inc_by(self.unreported);
+            self.unreported = 0;
+        }
     }
 
     fn put_synced(&self, chunk: &mut BytesMut) {
@@ -435,6 +471,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.report_deliveries();
         self.metrics.subscribers.dec();
     }
 }

@@ -1,0 +1,211 @@
+//! Event streams over raw TCP: the lean stream connections (HTTP/1.1 chunked, HTTP/1.0,
+//! errors) and the requests that must go on to the general HTTP server (pipelined, split,
+//! keep-alive after another request), byte for byte as a client sees them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, TIMEOUT};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+/// Reads until `needle` has arrived; returns everything read.
+async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        let n = timeout(deadline - Instant::now(), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "waiting for {needle:?}, got {:?}",
+                    String::from_utf8_lossy(seen)
+                )
+            })
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(seen).into_owned()
+}
+
+/// Decodes a chunked body (everything after the head); panics on bad framing.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        assert_eq!(&rest[size..size + 2], "\r\n", "chunk ends with CRLF");
+        body = &rest[size + 2..];
+    }
+}
+
+async fn server_with_event() -> (Server, String) {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let token = api.user("ada").await;
+    api.insert(&token, "greeting", json!({"hello": "world"}), None)
+        .await;
+    (server, token)
+}
+
+#[tokio::test]
+async fn http11_stream_is_chunked_and_live() {
+    let (server, token) = server_with_event().await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /events?access_token={token} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let text = read_until(&mut tcp, &mut seen, "$synced").await;
+    let (head, _) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    // Written by the lean stream writer, which closes the connection when the stream ends.
+    assert!(head.contains("connection: close"), "{head}");
+
+    // A live insert arrives as one more chunk.
+    server
+        .api()
+        .insert(&token, "greeting", json!("again"), None)
+        .await;
+    let text = read_until(&mut tcp, &mut seen, "\"again\"").await;
+    let (_, body) = text.split_once("\r\n\r\n").expect("a head");
+    // Cut after the last complete chunk and decode.
+    let complete = &body[..body.rfind("\r\n").expect("a chunk") + 2];
+    let events = dechunk(&format!("{complete}0\r\n\r\n"));
+    assert!(events.starts_with("retry: "), "{events}");
+    assert!(
+        events.contains("event: greeting\ndata: {\"hello\":\"world\"}\n"),
+        "{events}"
+    );
+    assert!(events.contains("event: $synced\n"), "{events}");
+    assert!(
+        events.contains("event: greeting\ndata: \"again\"\n"),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn http10_stream_is_raw_and_errors_have_a_length() {
+    let (server, token) = server_with_event().await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!("GET /sse HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let text = read_until(&mut tcp, &mut seen, "$synced").await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(body.starts_with("retry: "), "unframed body: {body:?}");
+
+    // Refused on the stream path: a JSON error with its length, then the connection closes.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = String::new();
+    timeout(TIMEOUT, tcp.read_to_string(&mut all))
+        .await
+        .expect("closed after the error")
+        .expect("read");
+    let (head, body) = all.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    let length = format!("content-length: {}", body.len());
+    assert!(head.to_ascii_lowercase().contains(&length), "{head}");
+    let error: serde_json::Value = serde_json::from_str(body).expect("JSON error");
+    assert!(error["error"].is_string(), "{error}");
+}
+
+#[tokio::test]
+async fn unusual_requests_are_served_by_the_general_server() {
+    let (server, token) = server_with_event().await;
+
+    // Keep-alive: a plain request first, then a stream on the same connection.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut tcp, &mut seen, "\"ok\"").await;
+    seen.clear();
+    let request =
+        format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let text = read_until(&mut tcp, &mut seen, "$synced").await;
+    assert!(text.contains("{\"hello\":\"world\"}"), "{text}");
+
+    // A head that arrives in two pieces is answered the same, whichever server takes it.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET /events HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    tcp.flush().await.expect("flush");
+    tokio::task::yield_now().await;
+    let rest = format!("st: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    tcp.write_all(rest.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let text = read_until(&mut tcp, &mut seen, "$synced").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    // Pipelined: a stream request followed at once by another request.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let text = read_until(&mut tcp, &mut seen, "$synced").await;
+    assert!(text.contains("\"ok\""), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_is_noticed() {
+    let (server, token) = server_with_event().await;
+    let metric = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("broker_subscribers "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("broker_subscribers metric")
+    };
+    let subscribers = || async {
+        let text = common::client()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metric(&text)
+    };
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request =
+        format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    read_until(&mut tcp, &mut Vec::new(), "$synced").await;
+    assert_eq!(subscribers().await, 1.0);
+    drop(tcp);
+    let deadline = Instant::now() + TIMEOUT;
+    while subscribers().await != 0.0 {
+        assert!(Instant::now() < deadline, "the stream outlived its client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
