@@ -12,6 +12,7 @@
 //! - `versions`: (channel, event, id) → () — every version, in order
 //! - `users`: username → user (JSON)
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -60,7 +61,14 @@ pub struct EmbeddedStore {
     path: PathBuf,
     writer: Mutex<Option<std_mpsc::Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    users: UserCache,
 }
+
+/// Users already read or written, so authenticating a request needs no database read.
+/// Only existing users are kept (bounded by the accounts there are). The writer puts every
+/// committed user in; a reader only adds one that is missing, so a read that raced a commit
+/// can never replace the newer version.
+type UserCache = Arc<std::sync::RwLock<HashMap<String, User>>>;
 
 impl EmbeddedStore {
     /// Opens (or creates) the database in directory `dir` and starts its writer thread.
@@ -93,7 +101,8 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
-        let mut writer = Writer::load(db.clone(), listener)?;
+        let users = UserCache::default();
+        let mut writer = Writer::load(db.clone(), listener, users.clone())?;
         let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("broker-store-writer".into())
@@ -104,6 +113,7 @@ impl EmbeddedStore {
             path,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            users,
         })
     }
 
@@ -289,16 +299,28 @@ impl Store for EmbeddedStore {
     }
 
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        if let Some(user) = self
+            .users
+            .read()
+            .ok()
+            .and_then(|c| c.get(username).cloned())
+        {
+            return Ok(Some(user));
+        }
         let username = username.to_owned();
+        let cache = self.users.clone();
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let users = txn.open_table(USERS).map_err(backend)?;
             let Some(guard) = users.get(username.as_str()).map_err(backend)? else {
                 return Ok(None);
             };
-            serde_json::from_slice(guard.value())
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))
+            let user: User = serde_json::from_slice(guard.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Ok(mut cache) = cache.write() {
+                cache.entry(username).or_insert_with(|| user.clone());
+            }
+            Ok(Some(user))
         })
         .await
     }
@@ -327,6 +349,9 @@ struct Writer {
     listener: Arc<dyn CommitListener>,
     next_id: u64,
     last_timestamp: u64,
+    users: UserCache,
+    /// Users written by the commit in progress, cached once it is durable.
+    written_users: Vec<User>,
 }
 
 /// Outcome of one queued operation inside a commit, answered after the commit.
@@ -336,12 +361,18 @@ enum Pending {
 }
 
 impl Writer {
-    fn load(db: Arc<Database>, listener: Arc<dyn CommitListener>) -> Result<Self, StoreError> {
+    fn load(
+        db: Arc<Database>,
+        listener: Arc<dyn CommitListener>,
+        users: UserCache,
+    ) -> Result<Self, StoreError> {
         let mut writer = Self {
             db,
             listener,
             next_id: 1,
             last_timestamp: 0,
+            users,
+            written_users: Vec::new(),
         };
         writer.reload()?;
         Ok(writer)
@@ -388,8 +419,14 @@ impl Writer {
         let mut pending = Vec::with_capacity(ops.len());
         let outcome = self.write(ops, &mut pending);
         let outcome = outcome.and_then(|txn| txn.commit().map_err(backend));
+        let written_users = std::mem::take(&mut self.written_users);
         match outcome {
             Ok(()) => {
+                if let Ok(mut cache) = self.users.write() {
+                    for user in written_users {
+                        cache.insert(user.username.clone(), user);
+                    }
+                }
                 let committed: Vec<Arc<Record>> = pending
                     .iter()
                     .flat_map(|p| match p {
@@ -493,6 +530,7 @@ impl Writer {
                             let bytes = serde_json::to_vec(&user)
                                 .map_err(|e| StoreError::Backend(e.to_string()))?;
                             users.insert(name, bytes.as_slice()).map_err(backend)?;
+                            self.written_users.push(user.clone());
                             Ok(())
                         };
                         pending.push(Pending::User(reply, result));
