@@ -1,37 +1,59 @@
 #!/usr/bin/env bash
-# Runs broker-bench suites against a release build of Broker on this machine and writes the
-# results (JSON and Markdown) under bench-results/. Usage: scripts/bench.sh quick|full
+# Runs broker-bench suites against a release build of Broker on this machine, writes the
+# results (JSON and Markdown) and the PNG plots under bench-results/<suite>/.
+#
+#   scripts/bench.sh quick|full
+#
+# To measure another server speaking node-sse-server's wire on identical work in the same
+# run, start it yourself and set NODE_SSE_URL (e.g. http://127.0.0.1:9090) and NODE_SSE_PID
+# (its process id, for memory and CPU). docs/BENCHMARKS.md says how node-sse-server was run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${1:-quick}
 cargo build --release -p broker -p broker-bench
 out=bench-results/$suite
+rm -rf "$out"
 mkdir -p "$out"
 db=$(mktemp -d)
+port=18500
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$db"' EXIT
-target/release/broker --host 127.0.0.1 --port 18500 --db "$db" --max-streams 200000 2>"$out/broker.log" &
+target/release/broker --host 127.0.0.1 --port $port --db "$db" --max-streams 200000 2>"$out/broker.log" &
 pid=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:18500/health >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.1; done
 
-run() { # label, then broker-bench arguments
-  local label=$1; shift
+run() { # file label, URL, pid, server name, then broker-bench arguments
+  local label=$1 url=$2 spid=$3 name=$4; shift 4
   echo "== $label"
-  target/release/broker-bench --url http://127.0.0.1:18500 --server-pid $pid --label "$label" \
-    --channel "bench-$label" --json "$out/$label.json" "$@" | tee "$out/$label.md"
+  target/release/broker-bench --url "$url" --server-pid "$spid" --server-name "$name" \
+    --label "$label" --channel "bench-$label" --json "$out/$label.json" "$@" | tee "$out/$label.md" ||
+    echo "!! $label: broker-bench reported lost, duplicated or failed deliveries (see above)"
+}
+broker() { run "$1" "http://127.0.0.1:$port" "$pid" broker "${@:2}"; }
+node_sse() { # only when a node-sse-server is given
+  [ -n "${NODE_SSE_URL:-}" ] || return 0
+  run "$1" "$NODE_SSE_URL" "${NODE_SSE_PID:?set NODE_SSE_PID too}" node-sse-server --profile node-sse "${@:2}"
 }
 
 if [ "$suite" = quick ]; then
-  run light-load --subscribers 1000 --publishers 1 --rate 10 --duration 10 --source-addrs 4
-  run fan-out --subscribers 2000 --publishers 4 --duration 10 --source-addrs 4
-  run durable-inserts --subscribers 1 --publishers 64 --duration 10
-  run snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
-  run node-sse-wire --profile node-sse --subscribers 1000 --publishers 4 --duration 10 --source-addrs 4
+  broker light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 10 --source-addrs 4
+  broker fan-out-2000 --subscribers 2000 --publishers 64 --duration 10 --source-addrs 4
+  broker durable-inserts --subscribers 1 --publishers 64 --duration 10
+  broker snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
+  broker memory-5000 --subscribers 5000 --memory-step 1000 --publishers 1 --rate 1 --duration 1 --source-addrs 8
+  broker node-sse-wire --profile node-sse --subscribers 1000 --publishers 16 --duration 10 --source-addrs 4
+  node_sse node-sse-server-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 10 --source-addrs 4
+  node_sse node-sse-server-fan-out-2000 --subscribers 2000 --publishers 64 --duration 10 --source-addrs 4
 else
-  run light-load --subscribers 1000 --publishers 1 --rate 10 --duration 30 --source-addrs 8
-  run fan-out --subscribers 10000 --publishers 8 --duration 30 --source-addrs 16
-  run durable-inserts --subscribers 1 --publishers 64 --duration 30
-  run snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
-  run idle-19k --subscribers 19000 --publishers 1 --rate 1 --duration 5 --source-addrs 16
-  run node-sse-wire --profile node-sse --subscribers 10000 --publishers 8 --duration 30 --source-addrs 16
+  for n in 100 1000 5000 10000; do
+    broker light-load-$n --subscribers $n --publishers 1 --rate 10 --duration 20 --source-addrs 16
+    node_sse node-sse-server-light-load-$n --subscribers $n --publishers 1 --rate 10 --duration 20 --source-addrs 16
+  done
+  broker fan-out-10000 --subscribers 10000 --publishers 64 --duration 20 --source-addrs 16
+  node_sse node-sse-server-fan-out-10000 --subscribers 10000 --publishers 64 --duration 20 --source-addrs 16
+  broker durable-inserts --subscribers 1 --publishers 64 --duration 20
+  broker snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
+  broker memory-19000 --subscribers 19000 --memory-step 1000 --publishers 1 --rate 1 --duration 2 --source-addrs 16
+  node_sse node-sse-server-memory-19000 --subscribers 19000 --memory-step 1000 --publishers 1 --rate 1 --duration 2 --source-addrs 16
 fi
+target/release/broker-bench-plot --out "$out" "$out"/*.json
 echo "results in $out/"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Broker's tests use, only what is missing: Debian packages (openssl and curl
-# for the black-box tests, chromium and Node.js for the browser tests) and the browser tests'
+# for the black-box tests, chromium and Node.js for the browser tests, DejaVu for the plots) and the browser tests'
 # npm packages. Never downloads a browser of its own: playwright-core drives Debian's chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The font broker-bench-plot draws its text with.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"

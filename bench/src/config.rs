@@ -70,6 +70,13 @@ pub struct Args {
     /// A label for this run in the report.
     #[arg(long, default_value = "run")]
     pub label: String,
+    /// Name of the server under test, for the plots (`broker`, `node-sse-server`).
+    #[arg(long, default_value = "broker")]
+    pub server_name: String,
+    /// Connect subscribers in steps of this many and read the server's memory after each
+    /// step (needs `--server-pid`); 0 connects them all at once.
+    #[arg(long, default_value_t = 0)]
+    pub memory_step: usize,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -169,25 +169,12 @@ async fn run(args: Args) -> Result<Results, String> {
     };
     let rss_before = args.server_pid.and_then(system::rss_kib);
 
-    // Subscribers.
+    // Subscribers, in steps when a memory series is asked for.
     let latency = Arc::new(Mutex::new(histogram()));
     let started = Instant::now();
     let mut progress = Vec::with_capacity(args.subscribers);
     let mut tasks = Vec::with_capacity(args.subscribers);
-    for i in 0..args.subscribers {
-        let p = Arc::new(Progress::default());
-        progress.push(p.clone());
-        let sub = Subscriber {
-            wire: args.profile,
-            url: profile::stream_url(args.profile, &args.url, &args.channel, i),
-            token: token.clone(),
-            http: clients[i % clients.len()].clone(),
-            publishers: args.publishers,
-            progress: p,
-            latency: latency.clone(),
-        };
-        tasks.push(tokio::spawn(sub.run()));
-    }
+    let mut memory_series = Vec::new();
     let synced = |progress: &[Arc<Progress>]| {
         progress
             .iter()
@@ -200,16 +187,47 @@ async fn run(args: Args) -> Result<Results, String> {
             .filter(|p| p.failed.load(Ordering::Relaxed))
             .count()
     };
-    let connect_deadline = Instant::now() + Duration::from_secs(120);
-    while synced(&progress) + failed(&progress) < args.subscribers {
-        if Instant::now() > connect_deadline {
-            return Err(format!(
-                "only {} of {} subscribers synced",
-                synced(&progress),
-                args.subscribers
-            ));
+    for target in report::steps(args.subscribers, args.memory_step) {
+        for i in progress.len()..target {
+            let p = Arc::new(Progress::default());
+            progress.push(p.clone());
+            let sub = Subscriber {
+                wire: args.profile,
+                url: profile::stream_url(args.profile, &args.url, &args.channel, i),
+                token: token.clone(),
+                http: clients[i % clients.len()].clone(),
+                publishers: args.publishers,
+                progress: p,
+                latency: latency.clone(),
+            };
+            tasks.push(tokio::spawn(sub.run()));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let connect_deadline = Instant::now() + Duration::from_secs(120);
+        while synced(&progress) + failed(&progress) < target {
+            if Instant::now() > connect_deadline {
+                return Err(format!(
+                    "only {} of {target} subscribers synced",
+                    synced(&progress),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if args.memory_step > 0 {
+            // Let the server settle (allocator purges, deferred frees) before reading.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let point = report::MemoryPoint {
+                subscribers: synced(&progress),
+                rss_kib: args.server_pid.and_then(system::rss_kib),
+            };
+            if !args.quiet {
+                eprintln!(
+                    "{} subscribers: server RSS {} KiB",
+                    point.subscribers,
+                    point.rss_kib.map_or("?".into(), |v| v.to_string())
+                );
+            }
+            memory_series.push(point);
+        }
     }
     let connect_seconds = started.elapsed().as_secs_f64();
     if let Some(e) = progress.iter().find_map(|p| p.error.get()) {
@@ -337,6 +355,7 @@ async fn run(args: Args) -> Result<Results, String> {
         server_cpu_seconds: cpu_server,
         tool_cpu_seconds: cpu_tool,
         snapshot_seconds: snapshot,
+        memory_series,
         args,
     };
     if let Some(path) = &results.args.json {

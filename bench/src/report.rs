@@ -50,6 +50,28 @@ pub struct Results {
     pub tool_cpu_seconds: Option<f64>,
     /// Seconds a new subscriber took to receive the snapshot of `--snapshot-events` events.
     pub snapshot_seconds: Option<f64>,
+    /// Server memory after each step of `--memory-step` subscribers.
+    pub memory_series: Vec<MemoryPoint>,
+}
+
+/// Server memory with this many idle subscribers connected.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPoint {
+    /// Subscribers connected and synced.
+    pub subscribers: usize,
+    /// Server resident memory, KiB.
+    pub rss_kib: Option<u64>,
+}
+
+/// The subscriber counts to stop at: every `step` up to `total`, and `total` itself
+/// (just `total` when `step` is 0).
+pub fn steps(total: usize, step: usize) -> Vec<usize> {
+    if step == 0 || step >= total {
+        return vec![total];
+    }
+    let mut out: Vec<usize> = (1..).map(|i| i * step).take_while(|&n| n < total).collect();
+    out.push(total);
+    out
 }
 
 impl Results {
@@ -153,6 +175,42 @@ impl Results {
         for (k, v) in rows {
             out.push_str(&format!("| {k} | {v} |\n"));
         }
+        if !self.memory_series.is_empty() {
+            out.push_str("\n| idle subscribers | server RSS | per subscriber over the first step |\n|---|---|---|\n");
+            let first = self
+                .memory_series
+                .first()
+                .and_then(|p| p.rss_kib.map(|r| (p.subscribers, r)));
+            for p in &self.memory_series {
+                let per = first
+                    .zip(p.rss_kib)
+                    .filter(|((n0, _), _)| p.subscribers > *n0)
+                    .map(|((n0, r0), r)| {
+                        format!(
+                            "{:.0} B",
+                            (r.saturating_sub(r0) * 1024) as f64 / (p.subscribers - n0) as f64
+                        )
+                    })
+                    .unwrap_or_else(|| "–".into());
+                let rss = p
+                    .rss_kib
+                    .map_or("–".into(), |r| format!("{:.1} MiB", r as f64 / 1024.0));
+                out.push_str(&format!("| {} | {rss} | {per} |\n", p.subscribers));
+            }
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steps;
+
+    #[test]
+    fn steps_end_at_the_total() {
+        assert_eq!(steps(10, 0), vec![10]);
+        assert_eq!(steps(10, 20), vec![10]);
+        assert_eq!(steps(10, 5), vec![5, 10]);
+        assert_eq!(steps(10, 3), vec![3, 6, 9, 10]);
     }
 }

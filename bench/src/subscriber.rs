@@ -93,9 +93,11 @@ impl Subscriber {
                     event.clear();
                     data.clear();
                 } else if let Some(v) = line.strip_prefix(b"event: ") {
-                    event = String::from_utf8_lossy(v).into_owned();
+                    event.clear();
+                    event.push_str(&String::from_utf8_lossy(v));
                 } else if let Some(v) = line.strip_prefix(b"data: ") {
-                    data = String::from_utf8_lossy(v).into_owned();
+                    data.clear();
+                    data.push_str(&String::from_utf8_lossy(v));
                 }
                 start += pos + 1;
             }

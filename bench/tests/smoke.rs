@@ -105,3 +105,76 @@ fn the_tool_measures_both_wires_with_nothing_lost() {
         assert!(results["snapshot_seconds"].as_f64().is_some());
     }
 }
+
+#[test]
+fn a_memory_series_and_its_plots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = start_broker(&dir.path().join("db"));
+    let json = dir.path().join("memory.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
+        .args([
+            "--url",
+            &broker.1,
+            "--subscribers",
+            "30",
+            "--memory-step",
+            "10",
+        ])
+        .args([
+            "--publishers",
+            "1",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--quiet",
+        ])
+        .arg("--server-pid")
+        .arg(broker.0.id().to_string())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run broker-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid JSON");
+    let series = results["memory_series"].as_array().expect("memory series");
+    let counts: Vec<u64> = series
+        .iter()
+        .filter_map(|p| p["subscribers"].as_u64())
+        .collect();
+    assert_eq!(counts, [10, 20, 30]);
+    assert!(
+        series
+            .iter()
+            .all(|p| p["rss_kib"].as_u64().unwrap_or(0) > 0)
+    );
+    assert!(
+        stdout.contains("| idle subscribers | server RSS |"),
+        "{stdout}"
+    );
+
+    let plots = dir.path().join("plots");
+    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench-plot"))
+        .arg("--out")
+        .arg(&plots)
+        .arg(&json)
+        .output()
+        .expect("run broker-bench-plot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["latency-vs-subscribers.png", "memory-vs-connections.png"] {
+        let bytes = std::fs::read(plots.join(name)).expect("plot written");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{name} is a PNG");
+        assert!(bytes.len() > 5_000, "{name} has content");
+    }
+}

@@ -1,0 +1,232 @@
+//! broker-bench-plot: draws PNG plots from broker-bench JSON results.
+//!
+//! `broker-bench-plot --out DIR results.json...` writes
+//! - `latency-vs-subscribers.png`: insert→delivery p50 and p99 against subscribers, one pair
+//!   of lines per server, from the runs that published at a fixed rate;
+//! - `memory-vs-connections.png`: server memory against idle subscribers, one line per
+//!   server, from the runs with a memory series (`--memory-step`).
+//!
+//! Text is drawn with DejaVu Sans (Debian's fonts-dejavu-core), read at run time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use plotters::prelude::*;
+use serde_json::Value;
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Draws the benchmark plots.
+#[derive(Debug, Parser)]
+#[command(name = "broker-bench-plot", version)]
+struct Args {
+    /// Folder to write the PNG files into.
+    #[arg(long)]
+    out: PathBuf,
+    /// broker-bench JSON result files.
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+}
+
+/// One named line: (x, y) points.
+type Series = (String, Vec<(f64, f64)>);
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("broker-bench-plot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<Vec<PathBuf>, String> {
+    let font = std::fs::read(FONT).map_err(|e| {
+        format!("cannot read the font {FONT} ({e}); install Debian's fonts-dejavu-core")
+    })?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font.leak())
+        .map_err(|_| format!("{FONT} is not a usable font"))?;
+    let mut results = Vec::new();
+    for path in &args.results {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not broker-bench JSON: {e}", path.display()))?;
+        results.push(value);
+    }
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let mut written = Vec::new();
+    let latency = latency_series(&results);
+    if !latency.is_empty() {
+        let path = args.out.join("latency-vs-subscribers.png");
+        draw(
+            &path,
+            "Insert → delivery latency at a fixed publish rate",
+            "subscribers",
+            "latency (ms)",
+            &latency,
+        )?;
+        written.push(path);
+    }
+    let memory = memory_series(&results);
+    if !memory.is_empty() {
+        let path = args.out.join("memory-vs-connections.png");
+        draw(
+            &path,
+            "Server memory with idle subscribers",
+            "idle subscribers",
+            "resident memory (MiB)",
+            &memory,
+        )?;
+        written.push(path);
+    }
+    if written.is_empty() {
+        return Err("no fixed-rate runs and no memory series in these results".into());
+    }
+    Ok(written)
+}
+
+fn server(result: &Value) -> String {
+    result["args"]["server_name"]
+        .as_str()
+        .unwrap_or("broker")
+        .to_owned()
+}
+
+/// p50 and p99 against subscribers, per server, from fixed-rate runs.
+fn latency_series(results: &[Value]) -> Vec<Series> {
+    let mut by_server: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for r in results {
+        let rate = r["args"]["rate"].as_f64().unwrap_or(0.0);
+        let count = r["delivery_latency"]["count"].as_u64().unwrap_or(0);
+        let (Some(subs), Some(p50), Some(p99)) = (
+            r["args"]["subscribers"].as_f64(),
+            r["delivery_latency"]["p50_ms"].as_f64(),
+            r["delivery_latency"]["p99_ms"].as_f64(),
+        ) else {
+            continue;
+        };
+        if rate > 0.0 && count > 0 {
+            by_server
+                .entry(server(r))
+                .or_default()
+                .push((subs, p50, p99));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, mut points) in by_server {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out.push((
+            format!("{name} p50"),
+            points.iter().map(|p| (p.0, p.1)).collect(),
+        ));
+        out.push((
+            format!("{name} p99"),
+            points.iter().map(|p| (p.0, p.2)).collect(),
+        ));
+    }
+    out
+}
+
+/// RSS (MiB) against idle subscribers, per server.
+fn memory_series(results: &[Value]) -> Vec<Series> {
+    let mut by_server: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in results {
+        for point in r["memory_series"].as_array().into_iter().flatten() {
+            if let (Some(n), Some(kib)) = (point["subscribers"].as_f64(), point["rss_kib"].as_f64())
+            {
+                by_server
+                    .entry(server(r))
+                    .or_default()
+                    .push((n, kib / 1024.0));
+            }
+        }
+    }
+    by_server
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (name, points)
+        })
+        .collect()
+}
+
+/// A log-log line chart of `series`.
+fn draw(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> Result<(), String> {
+    let all = || series.iter().flat_map(|(_, p)| p.iter());
+    let bound = |f: fn(&(f64, f64)) -> f64, min: bool| {
+        all()
+            .map(f)
+            .filter(|v| *v > 0.0)
+            .fold(if min { f64::MAX } else { 0.0 }, |a, v| {
+                if min { a.min(v) } else { a.max(v) }
+            })
+    };
+    let (x0, x1) = (bound(|p| p.0, true) * 0.8, bound(|p| p.0, false) * 1.25);
+    let (y0, y1) = (bound(|p| p.1, true) * 0.5, bound(|p| p.1, false) * 2.0);
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    let fail = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 26))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(3),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| fail(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))
+}
