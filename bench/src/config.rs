@@ -35,6 +35,10 @@ pub struct Args {
     /// Total publish rate in events/s over all publishers; 0 publishes flat out.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Events per publish request: more than 1 uses batch publish (`POST /publish`), stored
+    /// in one commit and delivered to each subscriber in one write.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub batch: u64,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -80,4 +84,21 @@ pub struct Args {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Worker processes to hold the subscribers (each within its own open-file limit);
+    /// by default the tool starts them only when one process may not hold them all.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seconds to wait for a step of subscribers to connect; a run that cannot connect them
+    /// all in time goes on with those it has and says so.
+    #[arg(long, default_value_t = 120.0)]
+    pub connect_timeout: f64,
+    /// Internal: run as a worker process of another broker-bench.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Internal: this worker's group index.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_index: usize,
+    /// Internal: the number of groups.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub worker_groups: usize,
 }

@@ -5,13 +5,16 @@
 //! throughput, connection set-up rate, lost and duplicated deliveries, and the server's memory.
 //! Exits non-zero when anything was lost or duplicated.
 //!
-//! Layout: [`config`] (command line), [`profile`] (the two wires), [`subscriber`],
-//! [`publisher`], [`stats`] (histograms), [`system`] (rlimit, /proc), [`report`] (JSON and
-//! Markdown).
+//! Layout: [`config`] (command line), [`profile`] (the two wires), [`subscriber`] (one SSE
+//! stream, over [`raw_http`] or reqwest), [`group`] (subscribers in this process or in worker
+//! processes), [`publisher`], [`stats`] (histograms), [`system`] (rlimit, /proc), [`report`]
+//! (JSON and Markdown).
 
 mod config;
+mod group;
 mod profile;
 mod publisher;
+mod raw_http;
 mod report;
 mod stats;
 mod subscriber;
@@ -19,8 +22,8 @@ mod system;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -28,18 +31,35 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use config::{Args, Wire};
+use group::{Counts, Group, LocalGroup, Spec, WorkerGroup};
 use report::Results;
 use stats::{Summary, histogram};
-use subscriber::{Progress, Subscriber};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.worker {
+        let served = match clients(args.source_addrs) {
+            Ok(clients) => group::serve_worker(&args, clients).await,
+            Err(e) => Err(e),
+        };
+        return match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("broker-bench worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args).await {
         Ok(results) => {
             println!("{}", results.markdown());
-            if results.lost > 0 || results.duplicated > 0 || results.subscribers_failed > 0 {
-                eprintln!("broker-bench: lost, duplicated or failed deliveries");
+            if results.lost > 0
+                || results.duplicated > 0
+                || results.subscribers_failed > 0
+                || results.subscribers_unconnected > 0
+            {
+                eprintln!("broker-bench: lost, duplicated, failed or unconnected subscribers");
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
@@ -149,14 +169,50 @@ async fn snapshot_seconds(
     Ok(elapsed)
 }
 
+/// How many worker processes a run needs: as asked, or enough that each stays within this
+/// process's open-file limit (0: the subscribers live in this process).
+fn worker_count(args: &Args, soft_limit: u64) -> usize {
+    if let Some(n) = args.workers {
+        return n;
+    }
+    let reserve = args.publishers as u64 + 256;
+    let per_process = soft_limit.saturating_sub(reserve).max(1);
+    if args.subscribers as u64 + reserve <= soft_limit {
+        0
+    } else {
+        (args.subscribers as u64).div_ceil(per_process) as usize
+    }
+}
+
+/// The sum of every group's counts.
+fn counts(groups: &[Group]) -> Counts {
+    groups
+        .iter()
+        .map(Group::counts)
+        .fold(Counts::default(), Counts::add)
+}
+
+/// CPU seconds of this process and its workers.
+fn tool_cpu(workers: &[Option<u32>]) -> Option<f64> {
+    let own = system::cpu_seconds(std::process::id())?;
+    Some(
+        own + workers
+            .iter()
+            .flatten()
+            .filter_map(|&p| system::cpu_seconds(p))
+            .sum::<f64>(),
+    )
+}
+
 async fn run(args: Args) -> Result<Results, String> {
     let (soft, hard) = system::raise_open_files();
-    let needed = (args.subscribers + args.publishers + 64) as u64;
+    let workers = worker_count(&args, soft);
+    let held_here = if workers == 0 { args.subscribers } else { 0 };
+    let needed = (held_here + args.publishers + 64) as u64;
     if soft < needed {
         return Err(format!(
-            "{} subscribers need about {needed} open files, but this process may open {soft} (hard limit {hard}); \
-             raise `ulimit -Hn` or run several broker-bench processes",
-            args.subscribers
+            "{held_here} subscribers need about {needed} open files, but this process may open {soft} \
+             (hard limit {hard}); raise `ulimit -Hn` or use more --workers",
         ));
     }
     let clients = clients(args.source_addrs)?;
@@ -169,46 +225,52 @@ async fn run(args: Args) -> Result<Results, String> {
     };
     let rss_before = args.server_pid.and_then(system::rss_kib);
 
-    // Subscribers, in steps when a memory series is asked for.
-    let latency = Arc::new(Mutex::new(histogram()));
-    let started = Instant::now();
-    let mut progress = Vec::with_capacity(args.subscribers);
-    let mut tasks = Vec::with_capacity(args.subscribers);
-    let mut memory_series = Vec::new();
-    let synced = |progress: &[Arc<Progress>]| {
-        progress
-            .iter()
-            .filter(|p| p.synced.load(Ordering::Acquire))
-            .count()
-    };
-    let failed = |progress: &[Arc<Progress>]| {
-        progress
-            .iter()
-            .filter(|p| p.failed.load(Ordering::Relaxed))
-            .count()
-    };
-    for target in report::steps(args.subscribers, args.memory_step) {
-        for i in progress.len()..target {
-            let p = Arc::new(Progress::default());
-            progress.push(p.clone());
-            let sub = Subscriber {
-                wire: args.profile,
-                url: profile::stream_url(args.profile, &args.url, &args.channel, i),
-                token: token.clone(),
-                http: clients[i % clients.len()].clone(),
-                publishers: args.publishers,
-                progress: p,
-                latency: latency.clone(),
-            };
-            tasks.push(tokio::spawn(sub.run()));
+    // Subscribers, in this process or spread over workers, in steps for a memory series.
+    let mut groups = Vec::new();
+    if workers == 0 {
+        let spec = Spec::new(&args, token.clone());
+        groups.push(Group::Local(LocalGroup::new(spec, clients.clone(), 0, 1)));
+    } else {
+        for index in 0..workers {
+            groups.push(Group::Worker(WorkerGroup::spawn(
+                &args,
+                token.as_deref(),
+                index,
+                workers,
+            )?));
         }
-        let connect_deadline = Instant::now() + Duration::from_secs(120);
-        while synced(&progress) + failed(&progress) < target {
+        if !args.quiet {
+            eprintln!(
+                "{} subscribers over {workers} worker processes",
+                args.subscribers
+            );
+        }
+    }
+    let worker_pids: Vec<Option<u32>> = groups.iter().map(Group::pid).collect();
+    let group_count = groups.len();
+    let started = Instant::now();
+    let mut memory_series = Vec::new();
+    let mut connected_all = true;
+    for target in report::steps(args.subscribers, args.memory_step) {
+        for (index, group) in groups.iter_mut().enumerate() {
+            group
+                .connect(group::share(target, index, group_count))
+                .await?;
+        }
+        let connect_deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout);
+        loop {
+            let c = counts(&groups);
+            if c.synced + c.failed >= target {
+                break;
+            }
             if Instant::now() > connect_deadline {
-                return Err(format!(
-                    "only {} of {target} subscribers synced",
-                    synced(&progress),
-                ));
+                eprintln!(
+                    "broker-bench: only {} of {target} subscribers connected in {} s; going on with those \
+                     (the server's open-file limit, or --max-streams, may be the cause)",
+                    c.synced, args.connect_timeout
+                );
+                connected_all = false;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -216,7 +278,7 @@ async fn run(args: Args) -> Result<Results, String> {
             // Let the server settle (allocator purges, deferred frees) before reading.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let point = report::MemoryPoint {
-                subscribers: synced(&progress),
+                subscribers: counts(&groups).synced,
                 rss_kib: args.server_pid.and_then(system::rss_kib),
             };
             if !args.quiet {
@@ -228,21 +290,19 @@ async fn run(args: Args) -> Result<Results, String> {
             }
             memory_series.push(point);
         }
+        if !connected_all {
+            break;
+        }
     }
     let connect_seconds = started.elapsed().as_secs_f64();
-    if let Some(e) = progress.iter().find_map(|p| p.error.get()) {
-        eprintln!(
-            "{} subscribers failed to connect, first: {e}",
-            failed(&progress)
-        );
-    }
+    let connected = counts(&groups);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = args.server_pid.and_then(system::rss_kib);
 
     // Publishers.
     let acked = Arc::new(AtomicU64::new(0));
     let cpu_server_start = args.server_pid.and_then(system::cpu_seconds);
-    let cpu_tool_start = system::cpu_seconds(std::process::id());
+    let cpu_tool_start = tool_cpu(&worker_pids);
     let publish_start = Instant::now();
     let deadline = publish_start + Duration::from_secs_f64(args.duration);
     let per_publisher_rate = if args.rate > 0.0 {
@@ -261,25 +321,20 @@ async fn run(args: Args) -> Result<Results, String> {
                 token: token.clone(),
                 http: http.clone(),
                 rate: per_publisher_rate,
+                batch: args.batch as usize,
                 pad: pad.clone(),
                 acked: acked.clone(),
             };
             tokio::spawn(p.run(deadline))
         })
         .collect();
-    let received = |progress: &[Arc<Progress>]| {
-        progress
-            .iter()
-            .map(|p| p.received.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
     let mut last_line = Instant::now();
     while publishers.iter().any(|p| !p.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if !args.quiet && last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
             let t = publish_start.elapsed().as_secs_f64();
-            let (a, r) = (acked.load(Ordering::Relaxed), received(&progress));
+            let (a, r) = (acked.load(Ordering::Relaxed), counts(&groups).received);
             eprint!(
                 "\r[{t:5.1}s] inserts {a} ({:.0}/s)  deliveries {r} ({:.0}/s)   ",
                 a as f64 / t,
@@ -303,55 +358,59 @@ async fn run(args: Args) -> Result<Results, String> {
         .zip(args.server_pid.and_then(system::cpu_seconds))
         .map(|(a, b)| b - a);
     let cpu_tool = cpu_tool_start
-        .zip(system::cpu_seconds(std::process::id()))
+        .zip(tool_cpu(&worker_pids))
         .map(|(a, b)| b - a);
 
     // Drain: wait until every live subscriber has every acknowledged event.
-    let live = args.subscribers - failed(&progress);
-    let expected = inserts * live as u64;
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
-    while received(&progress) < expected && Instant::now() < drain_deadline {
+    loop {
+        let c = counts(&groups);
+        if c.live_received >= inserts * c.live as u64 || Instant::now() >= drain_deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total_seconds = publish_start.elapsed().as_secs_f64();
     if !args.quiet {
         eprintln!();
     }
-    for task in &tasks {
-        task.abort();
+    let mut totals = Counts::default();
+    let mut latency = histogram();
+    let mut first_error = None;
+    for group in groups {
+        let done = group.finish().await?;
+        totals = totals.add(done.counts);
+        done.merge_latency(&mut latency);
+        first_error = first_error.or(done.first_error);
     }
-    let deliveries = received(&progress);
-    let duplicated = progress
-        .iter()
-        .map(|p| p.duplicates.load(Ordering::Relaxed))
-        .sum();
-    let lost = progress
-        .iter()
-        .filter(|p| !p.failed.load(Ordering::Relaxed))
-        .map(|p| inserts.saturating_sub(p.received.load(Ordering::Relaxed)))
-        .sum();
-    let delivery_latency = latency.lock().map(|h| Summary::of(&h)).unwrap_or_default();
+    if let Some(e) = first_error {
+        eprintln!("{} subscribers failed, first: {e}", totals.failed);
+    }
     let rss_end = args.server_pid.and_then(system::rss_kib);
     let results = Results {
-        subscribers_synced: synced(&progress),
-        subscribers_failed: failed(&progress),
+        workers,
+        subscribers_synced: totals.synced,
+        subscribers_failed: totals.failed,
+        subscribers_unconnected: args
+            .subscribers
+            .saturating_sub(connected.synced + connected.failed),
         connect_seconds,
-        connect_rate: args.subscribers as f64 / connect_seconds.max(1e-9),
+        connect_rate: connected.synced as f64 / connect_seconds.max(1e-9),
         inserts,
         insert_errors,
         inserts_per_second: inserts as f64 / publish_seconds.max(1e-9),
         insert_latency: Summary::of(&insert_latency),
-        deliveries,
-        deliveries_per_second: deliveries as f64 / total_seconds.max(1e-9),
-        delivery_latency,
-        lost,
-        duplicated,
+        deliveries: totals.received,
+        deliveries_per_second: totals.received as f64 / total_seconds.max(1e-9),
+        delivery_latency: Summary::of(&latency),
+        lost: (inserts * totals.live as u64).saturating_sub(totals.live_received),
+        duplicated: totals.duplicates,
         rss_before_kib: rss_before,
         rss_idle_kib: rss_idle,
         rss_end_kib: rss_end,
         bytes_per_idle_subscriber: rss_before
             .zip(rss_idle)
-            .map(|(b, i)| (i.saturating_sub(b) * 1024) as f64 / args.subscribers.max(1) as f64),
+            .map(|(b, i)| (i.saturating_sub(b) * 1024) as f64 / connected.synced.max(1) as f64),
         server_cpu_seconds: cpu_server,
         tool_cpu_seconds: cpu_tool,
         snapshot_seconds: snapshot,

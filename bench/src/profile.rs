@@ -31,17 +31,28 @@ pub fn sample_data(sample: Sample, pad: &str) -> Value {
     json!({"p": sample.publisher, "s": sample.seq, "t": sample.sent_us, "pad": pad})
 }
 
-/// The publish request (path, body) for one sample.
-pub fn publish(wire: Wire, channel: &str, data: &Value) -> (&'static str, Value) {
-    match wire {
-        Wire::Broker => (
+/// The publish request (path, body) for a batch of samples: one `/insert` for a single
+/// sample on the broker wire, else one `/publish` of them all (batch publish, on both wires).
+pub fn publish(wire: Wire, channel: &str, batch: &[Value]) -> (&'static str, Value) {
+    match (wire, batch) {
+        (Wire::Broker, [data]) => (
             "/insert",
             json!({"event": EVENT, "channel": channel, "data": data}),
         ),
-        Wire::NodeSse => (
-            "/publish",
-            json!({"events": [{"channelName": channel, "type": EVENT, "payload": data.to_string()}]}),
-        ),
+        _ => {
+            let events: Vec<Value> = batch
+                .iter()
+                .map(|data| {
+                    // node-sse-server carries payloads as strings; Broker takes any JSON.
+                    let payload = match wire {
+                        Wire::Broker => data.clone(),
+                        Wire::NodeSse => Value::String(data.to_string()),
+                    };
+                    json!({"channelName": channel, "type": EVENT, "payload": payload})
+                })
+                .collect();
+            ("/publish", json!({ "events": events }))
+        }
     }
 }
 
@@ -101,7 +112,8 @@ mod tests {
         };
         let data = sample_data(sample, "xx");
         assert_eq!(parse(Wire::Broker, EVENT, &data.to_string()), Some(sample));
-        let (_, body) = publish(Wire::NodeSse, "c", &data);
+        let (path, body) = publish(Wire::NodeSse, "c", std::slice::from_ref(&data));
+        assert_eq!(path, "/publish");
         let delivered =
             json!({"channelName": "c", "type": EVENT, "payload": body["events"][0]["payload"]});
         assert_eq!(
@@ -109,5 +121,12 @@ mod tests {
             Some(sample)
         );
         assert_eq!(parse(Wire::Broker, "other", &data.to_string()), None);
+        let (path, body) = publish(Wire::Broker, "c", &[data.clone(), data.clone()]);
+        assert_eq!(path, "/publish");
+        assert_eq!(
+            body["events"][1]["payload"], data,
+            "Broker stores the object"
+        );
+        assert_eq!(publish(Wire::Broker, "c", &[data]).0, "/insert");
     }
 }

@@ -14,11 +14,11 @@ use crate::stats::{histogram, now_us};
 
 /// What a publisher reports when it is done.
 pub struct Outcome {
-    /// Publishes acknowledged with 2xx.
+    /// Samples acknowledged with 2xx.
     pub acknowledged: u64,
-    /// Publishes that failed.
+    /// Samples whose publish failed.
     pub errors: u64,
-    /// Publish latency (µs) of the acknowledged ones.
+    /// Publish latency (µs) of the acknowledged requests.
     pub latency: Histogram<u64>,
 }
 
@@ -38,9 +38,11 @@ pub struct Publisher {
     pub http: reqwest::Client,
     /// This publisher's rate in events/s; 0 for flat out.
     pub rate: f64,
+    /// Samples per publish request (batch publish when more than 1).
+    pub batch: usize,
     /// Padding put in every sample.
     pub pad: String,
-    /// Shared count of acknowledged publishes (for the progress line).
+    /// Shared count of acknowledged samples (for the progress line).
     pub acked: Arc<AtomicU64>,
 }
 
@@ -52,8 +54,10 @@ impl Publisher {
             errors: 0,
             latency: histogram(),
         };
+        let batch = self.batch.max(1);
         let mut ticker = (self.rate > 0.0).then(|| {
-            let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate));
+            let period = batch as f64 / self.rate;
+            let mut t = tokio::time::interval(Duration::from_secs_f64(period));
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
             t
         });
@@ -63,15 +67,17 @@ impl Publisher {
                 t.tick().await;
             }
             let sent_us = now_us();
-            let data = profile::sample_data(
-                Sample {
-                    publisher: self.index,
-                    seq,
-                    sent_us,
-                },
-                &self.pad,
-            );
-            let (path, body) = profile::publish(self.wire, &self.channel, &data);
+            let samples: Vec<_> = (seq..seq + batch as u64)
+                .map(|seq| {
+                    let sample = Sample {
+                        publisher: self.index,
+                        seq,
+                        sent_us,
+                    };
+                    profile::sample_data(sample, &self.pad)
+                })
+                .collect();
+            let (path, body) = profile::publish(self.wire, &self.channel, &samples);
             let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
             if let Some(token) = &self.token {
                 req = req.bearer_auth(token);
@@ -79,15 +85,15 @@ impl Publisher {
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     let _ = resp.bytes().await;
-                    outcome.acknowledged += 1;
-                    self.acked.fetch_add(1, Ordering::Relaxed);
+                    outcome.acknowledged += batch as u64;
+                    self.acked.fetch_add(batch as u64, Ordering::Relaxed);
                     let _ = outcome
                         .latency
                         .record(now_us().saturating_sub(sent_us).max(1));
                 }
-                _ => outcome.errors += 1,
+                _ => outcome.errors += batch as u64,
             }
-            seq += 1;
+            seq += batch as u64;
         }
         outcome
     }

@@ -10,10 +10,14 @@ use crate::stats::Summary;
 pub struct Results {
     /// The run's settings.
     pub args: Args,
+    /// Worker processes that held the subscribers (0: this process did).
+    pub workers: usize,
     /// Subscribers that reached the live phase.
     pub subscribers_synced: usize,
     /// Subscribers whose stream failed.
     pub subscribers_failed: usize,
+    /// Subscribers still not connected when `--connect-timeout` ran out.
+    pub subscribers_unconnected: usize,
     /// Seconds until every subscriber was connected and synced.
     pub connect_seconds: f64,
     /// Subscribers connected per second.
@@ -83,21 +87,32 @@ impl Results {
         let mut rows = vec![
             ("profile", format!("{:?}", a.profile).to_lowercase()),
             (
-                "subscribers (synced / failed)",
+                "subscribers (synced / failed / unconnected)",
                 format!(
-                    "{} ({} / {})",
-                    a.subscribers, self.subscribers_synced, self.subscribers_failed
+                    "{} ({} / {} / {}){}",
+                    a.subscribers,
+                    self.subscribers_synced,
+                    self.subscribers_failed,
+                    self.subscribers_unconnected,
+                    match self.workers {
+                        0 => String::new(),
+                        n => format!(", over {n} worker processes"),
+                    }
                 ),
             ),
             (
                 "publishers, target rate",
                 format!(
-                    "{}, {}",
+                    "{}, {}{}",
                     a.publishers,
                     if a.rate > 0.0 {
-                        format!("{} /s", a.rate)
+                        format!("{} events/s", a.rate)
                     } else {
                         "flat out".into()
+                    },
+                    match a.batch {
+                        1 => String::new(),
+                        n => format!(", batches of {n}"),
                     }
                 ),
             ),

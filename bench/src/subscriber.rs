@@ -1,6 +1,7 @@
 //! One SSE subscriber: connects, waits for the end of its initial phase, then counts every
 //! delivery, checks for loss and duplicates, and records insert→delivery latency.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,6 +10,7 @@ use hdrhistogram::Histogram;
 
 use crate::config::Wire;
 use crate::profile;
+use crate::raw_http::{self, RawStream};
 use crate::stats::now_us;
 
 /// Counters a subscriber shares with the coordinator while it runs.
@@ -34,14 +36,47 @@ pub struct Subscriber {
     pub url: String,
     /// Bearer token (broker profile).
     pub token: Option<String>,
-    /// Client to connect with (bound to its source address).
-    pub http: reqwest::Client,
+    /// How to connect.
+    pub conn: Conn,
     /// Number of publishers (for per-publisher order checks).
     pub publishers: usize,
     /// Shared counters.
     pub progress: Arc<Progress>,
     /// Shared latency histogram (µs), fed in batches.
     pub latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+/// How a subscriber connects.
+#[derive(Clone)]
+pub enum Conn {
+    /// `http://` only: the lean client of [`raw_http`], from this source address.
+    Raw(Option<IpAddr>),
+    /// `https://`: reqwest (bound to its source address).
+    Client(reqwest::Client),
+}
+
+/// An open stream's body, whichever client opened it.
+enum Body {
+    Raw(RawStream),
+    Client(
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    ),
+}
+
+impl Body {
+    /// Appends the next body bytes to `buf`; `false` once the stream has ended.
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> Result<bool, String> {
+        match self {
+            Self::Raw(raw) => raw.read_into(buf).await,
+            Self::Client(body) => match body.next().await {
+                Some(chunk) => {
+                    buf.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
 }
 
 impl Subscriber {
@@ -53,11 +88,16 @@ impl Subscriber {
         }
     }
 
-    async fn stream(&self) -> Result<(), String> {
-        let mut req = self
-            .http
-            .get(&self.url)
-            .header("accept", "text/event-stream");
+    async fn open(&self) -> Result<Body, String> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| e.to_string())?;
+        let http = match &self.conn {
+            Conn::Raw(local) => {
+                let raw = raw_http::open(&url, *local, self.token.as_deref()).await?;
+                return Ok(Body::Raw(raw));
+            }
+            Conn::Client(http) => http,
+        };
+        let mut req = http.get(url).header("accept", "text/event-stream");
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -69,15 +109,17 @@ impl Subscriber {
                 resp.text().await.unwrap_or_default()
             ));
         }
-        let mut body = resp.bytes_stream();
+        Ok(Body::Client(Box::pin(resp.bytes_stream())))
+    }
+
+    async fn stream(&self) -> Result<(), String> {
+        let mut body = self.open().await?;
         let mut buf: Vec<u8> = Vec::new();
         let mut event = String::new();
         let mut data = String::new();
         let mut last_seq: Vec<Option<u64>> = vec![None; self.publishers];
         let mut pending: Vec<u64> = Vec::with_capacity(256);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            buf.extend_from_slice(&chunk);
+        while body.read_into(&mut buf).await? {
             let mut start = 0;
             while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
                 let line = &buf[start..start + pos];

@@ -178,3 +178,55 @@ fn a_memory_series_and_its_plots() {
         assert!(bytes.len() > 5_000, "{name} has content");
     }
 }
+
+#[test]
+fn worker_processes_and_batch_publish_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = start_broker(&dir.path().join("db"));
+    let json = dir.path().join("workers.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
+        .args(["--url", &broker.1, "--subscribers", "21", "--workers", "2"])
+        .args(["--publishers", "2", "--batch", "5", "--duration", "1"])
+        .args(["--quiet", "--source-addrs", "2", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run broker-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("over 2 worker processes"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid JSON");
+    let inserts = results["inserts"].as_u64().expect("inserts");
+    assert!(
+        inserts > 0 && inserts.is_multiple_of(5),
+        "whole batches: {inserts}"
+    );
+    assert_eq!(results["workers"].as_u64(), Some(2));
+    assert_eq!(results["subscribers_synced"].as_u64(), Some(21));
+    assert_eq!(results["deliveries"].as_u64(), Some(inserts * 21));
+    assert_eq!(
+        results["delivery_latency"]["count"].as_u64(),
+        Some(inserts * 21),
+        "every worker's latencies merged"
+    );
+}
+
+#[test]
+fn the_floor_tool_measures_loopback_writes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench-floor"))
+        .args(["--connections", "40", "--rounds", "5", "--frame", "100"])
+        .output()
+        .expect("run broker-bench-floor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("40 connections, 100-byte frames, 5 rounds"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("µs CPU per write"), "{stdout}");
+}

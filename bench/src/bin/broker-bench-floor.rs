@@ -1,0 +1,156 @@
+//! broker-bench-floor: what the kernel alone costs per delivery on this machine.
+//!
+//! Opens N loopback TCP connections to itself, then, round after round, one thread writes a
+//! frame of B bytes to every connection with a plain blocking `write()` (no runtime, no HTTP,
+//! no channel: the least any server could do per subscriber) while async tasks read them the
+//! way broker-bench's subscribers do. It reports the CPU per write and per read and the time
+//! of a whole sweep, from the first write to the last frame read. Any SSE server on this
+//! machine pays at least this per delivery that goes out in a write of its own, so the
+//! figures bound what fan-out rate and latency are reachable (docs/BENCHMARKS.md).
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::AsyncReadExt;
+
+/// Measures the cost of loopback TCP writes and reads on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "broker-bench-floor", version)]
+struct Args {
+    /// Connections.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Bytes per frame (one SSE event of broker-bench is about 150).
+    #[arg(long, default_value_t = 150)]
+    frame: usize,
+    /// Sweeps over every connection.
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+    /// Threads reading (the write side is always one thread).
+    #[arg(long, default_value_t = 1)]
+    readers: usize,
+}
+
+/// CPU seconds (user + system) of the calling thread.
+fn thread_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    ticks(11).unwrap_or(0.0) / 100.0 + ticks(12).unwrap_or(0.0) / 100.0
+}
+
+/// CPU seconds of the whole process.
+fn process_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    ticks(11).unwrap_or(0.0) / 100.0 + ticks(12).unwrap_or(0.0) / 100.0
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let server = listener.local_addr().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.readers.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    // Connect every reader (from 127.0.0.2.. to spread ports) and accept its writer side.
+    let frames_read = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 16) as u8));
+        let socket = socket_from(source)?;
+        let reader = runtime
+            .block_on(socket.connect(server))
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        let (writer, _) = listener.accept().map_err(|e| e.to_string())?;
+        writer.set_nodelay(true).map_err(|e| e.to_string())?;
+        writers.push(writer);
+        let (count, frame) = (frames_read.clone(), args.frame);
+        runtime.spawn(read_frames(reader, frame, count));
+    }
+
+    let frame = vec![b'x'; args.frame];
+    let cpu_before = process_cpu();
+    let writer_cpu_before = thread_cpu();
+    let started = Instant::now();
+    let mut sweeps = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        let sweep_start = Instant::now();
+        for w in &mut writers {
+            write_frame(w, &frame)?;
+        }
+        let goal = (round * args.connections) as u64;
+        while frames_read.load(Ordering::Acquire) < goal {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        sweeps.push(sweep_start.elapsed());
+    }
+    let elapsed = started.elapsed();
+    let writer_cpu = thread_cpu() - writer_cpu_before;
+    let reader_cpu = (process_cpu() - cpu_before - writer_cpu).max(0.0);
+    let writes = (args.connections * args.rounds) as f64;
+    sweeps.sort();
+    let median = sweeps.get(sweeps.len() / 2).copied().unwrap_or_default();
+    println!(
+        "{} connections, {}-byte frames, {} rounds in {:.2} s\n\
+         writer: {:.2} µs CPU per write (one thread, blocking write())\n\
+         readers: {:.2} µs CPU per frame read ({} thread(s), tokio)\n\
+         sweep (first write to last frame read): median {:.2} ms, max {:.2} ms",
+        args.connections,
+        args.frame,
+        args.rounds,
+        elapsed.as_secs_f64(),
+        writer_cpu / writes * 1e6,
+        reader_cpu / writes * 1e6,
+        args.readers,
+        median.as_secs_f64() * 1e3,
+        sweeps.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn socket_from(source: IpAddr) -> Result<tokio::net::TcpSocket, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("cannot bind {source}: {e}"))?;
+    Ok(socket)
+}
+
+fn write_frame(w: &mut TcpStream, frame: &[u8]) -> Result<(), String> {
+    w.write_all(frame).map_err(|e| e.to_string())
+}
+
+/// Reads frames of `frame` bytes and counts each one completed.
+async fn read_frames(mut reader: tokio::net::TcpStream, frame: usize, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 4096];
+    let mut pending = 0;
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        pending += n;
+        let complete = pending / frame;
+        pending %= frame;
+        count.fetch_add(complete as u64, Ordering::Release);
+    }
+}
