@@ -33,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod presence;

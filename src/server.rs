@@ -43,9 +43,19 @@ impl App {
     pub async fn open(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         install_crypto_provider();
+        let open_files = crate::limits::raise_open_files();
+        let max_streams = crate::limits::stream_cap(config.max_streams, open_files);
+        if max_streams < config.max_streams {
+            tracing::warn!(
+                open_files,
+                max_streams,
+                "the open-file limit admits fewer streams than --max-streams; \
+                 streams beyond {max_streams} get 503 (raise `ulimit -n` for more)"
+            );
+        }
         let hub = Arc::new(Hub::new(
             usize::try_from(config.stream_buffer).unwrap_or(usize::MAX),
-            config.max_streams,
+            max_streams,
         ));
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.db, hub.clone())?);
         let secret = match &config.jwt_secret {
@@ -145,6 +155,7 @@ pub async fn serve(
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
     let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()));
+    let stream_tasks = streams.streams();
     let service = ServiceExt::<Request>::into_make_service(routes);
     let result = match tls {
         Some(tls) => {
@@ -162,6 +173,14 @@ pub async fn serve(
                 .await
         }
     };
+    // Streams served apart from the general server end at shutdown like the others.
+    stream_tasks.close();
+    if tokio::time::timeout(timeout, stream_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("event streams still open after the shutdown timeout");
+    }
     app.close().await;
     result.map_err(|e| Error::Listen(addr, e))?;
     tracing::info!("stopped");

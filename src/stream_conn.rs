@@ -14,17 +14,20 @@
 //! because the bytes are only peeked at.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
 use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, Response, Version, header};
 use axum_server::accept::Accept;
-use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Longest request head looked at; a longer one goes to the general server.
@@ -45,15 +48,28 @@ pub type Service =
 
 /// An acceptor that sets `TCP_NODELAY` (events are small and must not wait for an ACK) and
 /// serves event-stream requests itself; every other connection goes on to the general server.
+///
+/// A stream is served in a task of its own, apart from the general server's connection task:
+/// that task is sized for any HTTP connection, and an idle subscriber should cost only what a
+/// stream needs. [`StreamAcceptor::streams`] tracks those tasks for shutdown.
 #[derive(Clone)]
 pub struct StreamAcceptor {
     service: Service,
+    streams: TaskTracker,
 }
 
 impl StreamAcceptor {
     /// An acceptor answering stream requests with `service` (the full router).
     pub fn new(service: Service) -> Self {
-        Self { service }
+        Self {
+            service,
+            streams: TaskTracker::new(),
+        }
+    }
+
+    /// The tasks serving streams, to wait for at shutdown.
+    pub fn streams(&self) -> TaskTracker {
+        self.streams.clone()
     }
 }
 
@@ -64,14 +80,15 @@ impl<S: Send + 'static> Accept<TcpStream, S> for StreamAcceptor {
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let router = self.service.clone();
+        let streams = self.streams.clone();
         Box::pin(async move {
             stream.set_nodelay(true)?;
             let Some((request, head_len)) = peek_stream_request(&stream).await else {
                 return Ok((stream, service));
             };
-            serve(stream, request, head_len, router).await;
-            // Served here: the general server has nothing left to do with it.
-            Err(io::Error::other("event stream served"))
+            streams.spawn(serve(stream, Box::new(request), head_len, router));
+            // Served apart: the general server has nothing left to do with it.
+            Err(io::Error::other("event stream served apart"))
         })
     }
 }
@@ -138,35 +155,34 @@ fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
 }
 
 /// Consumes the request head, runs the router and writes its response.
-async fn serve(mut stream: TcpStream, request: Request, head_len: usize, router: Service) {
-    let mut head = vec![0u8; head_len];
-    if stream.read_exact(&mut head).await.is_err() {
+///
+/// While the response streams, this future holds only the socket and a [`BodyWriter`]: the
+/// request, the router's future and the response head live in a box that is gone by then.
+async fn serve(mut stream: TcpStream, request: Box<Request>, head_len: usize, router: Service) {
+    let started = Box::pin(async {
+        let mut head = vec![0u8; head_len];
+        stream.read_exact(&mut head).await.ok()?;
+        let version = request.version();
+        let response = match router.oneshot(*request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (head, body, chunked) = response_parts(response, version);
+        stream.write_all(&head).await.ok()?;
+        Some((body, chunked))
+    })
+    .await;
+    let Some((body, chunked)) = started else {
         return;
-    }
-    drop(head);
-    let version = request.version();
-    let response = match router.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
     };
-    let (reader, writer) = stream.split();
-    if let Err(e) = respond(reader, writer, version, response).await {
+    if let Err(e) = BodyWriter::new(&mut stream, body, chunked).await {
         tracing::debug!(error = %e, "event stream connection ended");
     }
 }
 
-/// Writes `response` on `writer` until its body ends or the client goes away.
-async fn respond<R, W>(
-    mut reader: R,
-    mut writer: W,
-    version: Version,
-    response: Response<Body>,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (mut parts, mut body) = response.into_parts();
+/// The response head to write, the body, and whether the body goes chunked.
+fn response_parts(response: Response<Body>, version: Version) -> (Vec<u8>, Body, bool) {
+    let (mut parts, body) = response.into_parts();
     // A body of known size (an error, say) is sent with its length, as the general server does.
     if let Some(size) = axum::body::HttpBody::size_hint(&body).exact()
         && !parts.headers.contains_key(header::CONTENT_LENGTH)
@@ -176,34 +192,159 @@ where
     // HTTP/1.0 has no chunked encoding: the end of the body is the end of the connection.
     let chunked =
         version == Version::HTTP_11 && !parts.headers.contains_key(header::CONTENT_LENGTH);
-    writer.write_all(&response_head(&parts, chunked)).await?;
-    let mut scratch = [0u8; 64];
-    loop {
-        tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
+    (response_head(&parts, chunked), body, chunked)
+}
+
+/// Writes `response` on `io` until its body ends or the client goes away.
+#[cfg(test)]
+async fn respond<IO>(io: &mut IO, version: Version, response: Response<Body>) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (head, body, chunked) = response_parts(response, version);
+    io.write_all(&head).await?;
+    BodyWriter::new(io, body, chunked).await
+}
+
+/// Reads a client may make while its stream is idle before the writer yields.
+const READS_PER_POLL: usize = 16;
+
+/// Writes a response body, each chunk straight from the body's own buffer (framed when
+/// chunked), while watching the client's side of the connection for its going away.
+///
+/// Hand-written rather than an `async fn` so an idle stream's state is just these fields:
+/// the connection's largest per-subscriber cost after the socket itself.
+struct BodyWriter<'a, IO> {
+    io: &'a mut IO,
+    body: Body,
+    chunked: bool,
+    /// The chunk-size line of the chunk being written, and how much of it is left.
+    size_line: [u8; 20],
+    size_at: u8,
+    size_end: u8,
+    /// The chunk's data not yet written.
+    data: Bytes,
+    /// How many bytes of the chunk's closing CRLF are left.
+    crlf_left: u8,
+    /// The body has ended (and its terminator is queued when chunked).
+    ended: bool,
+}
+
+impl<'a, IO: AsyncRead + AsyncWrite + Unpin> BodyWriter<'a, IO> {
+    fn new(io: &'a mut IO, body: Body, chunked: bool) -> Self {
+        Self {
+            io,
+            body,
+            chunked,
+            size_line: [0; 20],
+            size_at: 0,
+            size_end: 0,
+            data: Bytes::new(),
+            crlf_left: 0,
+            ended: false,
+        }
+    }
+
+    /// Queues one chunk of `data` (the last chunk, `0`, when empty and chunked).
+    fn queue(&mut self, data: Bytes) {
+        if self.chunked {
+            let mut line = io::Cursor::new(&mut self.size_line[..]);
+            // 16 hex digits and CRLF always fit the 20 bytes.
+            let _ = write!(line, "{:x}\r\n", data.len());
+            self.size_at = 0;
+            self.size_end = u8::try_from(line.position()).unwrap_or(0);
+            self.crlf_left = 2;
+        }
+        self.data = data;
+    }
+
+    fn pending(&self) -> bool {
+        self.size_at < self.size_end || !self.data.is_empty() || self.crlf_left > 0
+    }
+
+    /// Marks `n` written bytes done, in order: size line, data, CRLF.
+    fn advance(&mut self, mut n: usize) {
+        let size_left = usize::from(self.size_end - self.size_at);
+        let from_size = n.min(size_left);
+        self.size_at += from_size as u8;
+        n -= from_size;
+        let from_data = n.min(self.data.len());
+        self.data.advance(from_data);
+        n -= from_data;
+        self.crlf_left -= n.min(usize::from(self.crlf_left)) as u8;
+    }
+
+    /// Whether the client has gone: reads (and ignores) what it sends until none is waiting.
+    fn client_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut scratch = [0u8; 64];
+        for _ in 0..READS_PER_POLL {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
+                // The client closed its side or the connection broke: stop streaming.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(true),
+                Poll::Ready(Err(_)) => return Poll::Ready(true),
+                // Anything a client sends while it streams is not a request we answer.
+                Poll::Ready(Ok(())) => {}
+                Poll::Pending => return Poll::Ready(false),
+            }
+        }
+        // A client that keeps sending: come back to it after others have run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Future for BodyWriter<'_, IO> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.client_gone(cx) {
+            Poll::Ready(true) => return Poll::Ready(Ok(())),
+            Poll::Ready(false) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        loop {
+            if this.pending() {
+                let crlf = b"\r\n";
+                let slices = [
+                    IoSlice::new(
+                        &this.size_line[usize::from(this.size_at)..usize::from(this.size_end)],
+                    ),
+                    IoSlice::new(&this.data),
+                    IoSlice::new(&crlf[2 - usize::from(this.crlf_left)..]),
+                ];
+                match Pin::new(&mut *this.io).poll_write_vectored(cx, &slices) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => this.advance(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if this.ended {
+                ready!(Pin::new(&mut *this.io).poll_flush(cx))?;
+                return Pin::new(&mut *this.io).poll_shutdown(cx);
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
-                        write_data(&mut writer, &data, chunked).await?;
+                        this.queue(data);
                     }
                 }
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => break,
-            },
-            read = reader.read(&mut scratch) => match read {
-                // The client closed its side or the connection broke: stop streaming.
-                Ok(0) | Err(_) => return Ok(()),
-                // Anything a client sends while it streams is not a request we answer.
-                Ok(_) => {}
-            },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if this.chunked {
+                        this.queue(Bytes::new());
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
-    if chunked {
-        writer.write_all(b"0\r\n\r\n").await?;
-    }
-    writer.flush().await?;
-    writer.shutdown().await
 }
 
 /// The status line and headers, with the framing headers this writer uses.
@@ -234,32 +375,6 @@ fn response_head(parts: &axum::http::response::Parts, chunked: bool) -> Vec<u8> 
     }
     head.extend_from_slice(b"connection: close\r\n\r\n");
     head
-}
-
-/// Writes one body chunk, framed when `chunked`, in as few syscalls as the socket allows.
-async fn write_data<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    data: &[u8],
-    chunked: bool,
-) -> io::Result<()> {
-    if !chunked {
-        return writer.write_all(data).await;
-    }
-    let size = format!("{:x}\r\n", data.len());
-    let mut slices = [
-        IoSlice::new(size.as_bytes()),
-        IoSlice::new(data),
-        IoSlice::new(b"\r\n"),
-    ];
-    let mut remaining: &mut [IoSlice<'_>] = &mut slices;
-    while !remaining.is_empty() {
-        let written = writer.write_vectored(remaining).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut remaining, written);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -298,8 +413,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_chunked_and_fixed_length_responses() {
-        let (client, server) = tokio::io::duplex(4096);
-        let (server_read, server_write) = tokio::io::split(server);
+        let (client, mut server) = tokio::io::duplex(4096);
         let body = Body::from_stream(futures_util::stream::iter([
             Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"data: 1\n\n")),
             Ok(bytes::Bytes::from_static(b"")),
@@ -310,7 +424,7 @@ mod tests {
             .body(body)
             .expect("response");
         let (mut client_read, _client_write) = tokio::io::split(client);
-        respond(server_read, server_write, Version::HTTP_11, response)
+        respond(&mut server, Version::HTTP_11, response)
             .await
             .expect("written");
         let mut out = String::new();
@@ -323,14 +437,13 @@ mod tests {
             "{out}"
         );
 
-        let (client, server) = tokio::io::duplex(4096);
-        let (server_read, server_write) = tokio::io::split(server);
+        let (client, mut server) = tokio::io::duplex(4096);
         let (mut client_read, _client_write) = tokio::io::split(client);
         let response = axum::response::IntoResponse::into_response((
             axum::http::StatusCode::UNAUTHORIZED,
             "x",
         ));
-        respond(server_read, server_write, Version::HTTP_11, response)
+        respond(&mut server, Version::HTTP_11, response)
             .await
             .expect("written");
         let mut out = String::new();
@@ -343,18 +456,13 @@ mod tests {
 
     #[tokio::test]
     async fn stops_when_the_client_goes_away() {
-        let (client, server) = tokio::io::duplex(4096);
-        let (server_read, server_write) = tokio::io::split(server);
+        let (client, mut server) = tokio::io::duplex(4096);
         // A stream with nothing to send, like an idle subscriber.
         let response = Response::new(Body::from_stream(futures_util::stream::pending::<
             Result<bytes::Bytes, std::convert::Infallible>,
         >()));
-        let writer = tokio::spawn(respond(
-            server_read,
-            server_write,
-            Version::HTTP_11,
-            response,
-        ));
+        let writer =
+            tokio::spawn(async move { respond(&mut server, Version::HTTP_11, response).await });
         let (mut client_read, client_write) = tokio::io::split(client);
         let mut head = [0u8; 12];
         client_read.read_exact(&mut head).await.expect("head");

@@ -17,7 +17,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        check_content_type(&req)?;
+        if let Err(e) = check_content_type(&req) {
+            drain(req.into_body()).await;
+            return Err(e);
+        }
         let limit = usize::try_from(state.config.max_body).unwrap_or(usize::MAX);
         let too_large = || {
             ApiError::new(
@@ -30,7 +33,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > state.config.max_body) {
+        if let Some(len) = declared.filter(|&len| len > state.config.max_body) {
+            if len <= state.config.max_body.saturating_add(DRAIN_MAX as u64) {
+                drain(req.into_body()).await;
+            }
             return Err(too_large());
         }
         let bytes = read_limited(req.into_body(), limit)
@@ -83,11 +89,49 @@ enum ReadError {
     Io(axum::Error),
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
+/// How much of a refused body is still read (and thrown away) before the answer, and for how
+/// long. A server that answers before the client has sent its whole body and then closes
+/// the connection makes the kernel reset it, and the client may see that reset instead of
+/// the error; reading a modest remainder first lets the client receive the JSON error.
+const DRAIN_MAX: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards up to [`DRAIN_MAX`] bytes of `body` for at most [`DRAIN_TIME`].
+async fn drain(mut body: Body) {
     use http_body_util::BodyExt;
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
-        Err(e) => Err(ReadError::Io(axum::Error::new(e))),
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, bytes::Bytes::len);
+            if read > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads the whole body if it is at most `limit` bytes; a larger one is drained and refused.
+async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ReadError::TooLarge
+            } else {
+                ReadError::Io(e)
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok(buf.freeze())
 }
