@@ -224,6 +224,10 @@ async fn run(args: Args) -> Result<Results, String> {
         None
     };
     let rss_before = args.server_pid.and_then(system::rss_kib);
+    let mut publisher_clients = Vec::with_capacity(args.publishers);
+    for _ in 0..args.publishers {
+        publisher_clients.push(publisher::Client::for_url(&args.url, &http).await?);
+    }
 
     // Subscribers, in this process or spread over workers, in steps for a memory series.
     let mut groups = Vec::new();
@@ -311,23 +315,22 @@ async fn run(args: Args) -> Result<Results, String> {
         0.0
     };
     let pad = "x".repeat(args.payload);
-    let publishers: Vec<_> = (0..args.publishers)
-        .map(|index| {
-            let p = publisher::Publisher {
-                index,
-                wire: args.profile,
-                base: args.url.clone(),
-                channel: args.channel.clone(),
-                token: token.clone(),
-                http: http.clone(),
-                rate: per_publisher_rate,
-                batch: args.batch as usize,
-                pad: pad.clone(),
-                acked: acked.clone(),
-            };
-            tokio::spawn(p.run(deadline))
-        })
-        .collect();
+    let mut publishers = Vec::with_capacity(args.publishers);
+    for (index, client) in publisher_clients.into_iter().enumerate() {
+        let p = publisher::Publisher {
+            index,
+            wire: args.profile,
+            base: args.url.clone(),
+            channel: args.channel.clone(),
+            token: token.clone(),
+            http: client,
+            rate: per_publisher_rate,
+            batch: args.batch as usize,
+            pad: pad.clone(),
+            acked: acked.clone(),
+        };
+        publishers.push(tokio::spawn(p.run(deadline)));
+    }
     let mut last_line = Instant::now();
     while publishers.iter().any(|p| !p.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,8 +8,11 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use serde_json::Value;
+
 use crate::config::Wire;
 use crate::profile::{self, Sample};
+use crate::raw_http::RawClient;
 use crate::stats::{histogram, now_us};
 
 /// What a publisher reports when it is done.
@@ -35,7 +38,7 @@ pub struct Publisher {
     /// Bearer token (broker profile).
     pub token: Option<String>,
     /// HTTP client.
-    pub http: reqwest::Client,
+    pub http: Client,
     /// This publisher's rate in events/s; 0 for flat out.
     pub rate: f64,
     /// Samples per publish request (batch publish when more than 1).
@@ -46,9 +49,64 @@ pub struct Publisher {
     pub acked: Arc<AtomicU64>,
 }
 
+/// How long a publish may take before it counts as an error.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A publisher's HTTP client.
+pub enum Client {
+    /// `http://`: a lean kept-alive connection of its own.
+    Raw(RawClient),
+    /// `https://`: reqwest.
+    Reqwest(reqwest::Client),
+}
+
+impl Client {
+    /// The client for publishing to `base`, connected now: before the subscribers, so a
+    /// server that stops accepting at its connection limit still takes the publishes.
+    pub async fn for_url(base: &str, http: &reqwest::Client) -> Result<Self, String> {
+        let url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
+        if url.scheme() == "http" {
+            Ok(Self::Raw(RawClient::connect(&url, None).await?))
+        } else {
+            Ok(Self::Reqwest(http.clone()))
+        }
+    }
+
+    /// POSTs a JSON body; whether the server answered 2xx within [`PUBLISH_TIMEOUT`].
+    async fn post(&mut self, base: &str, path: &str, token: Option<&str>, body: &Value) -> bool {
+        tokio::time::timeout(PUBLISH_TIMEOUT, self.send(base, path, token, body))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn send(&mut self, base: &str, path: &str, token: Option<&str>, body: &Value) -> bool {
+        match self {
+            Self::Raw(client) => {
+                let Ok(bytes) = serde_json::to_vec(body) else {
+                    return false;
+                };
+                client
+                    .post_json(path, token, &bytes)
+                    .await
+                    .is_ok_and(|status| (200..300).contains(&status))
+            }
+            Self::Reqwest(http) => {
+                let mut req = http.post(format!("{base}{path}")).json(body);
+                if let Some(token) = token {
+                    req = req.bearer_auth(token);
+                }
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
 impl Publisher {
     /// Publishes until `deadline`.
-    pub async fn run(self, deadline: Instant) -> Outcome {
+    pub async fn run(mut self, deadline: Instant) -> Outcome {
         let mut outcome = Outcome {
             acknowledged: 0,
             errors: 0,
@@ -78,20 +136,18 @@ impl Publisher {
                 })
                 .collect();
             let (path, body) = profile::publish(self.wire, &self.channel, &samples);
-            let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-            if let Some(token) = &self.token {
-                req = req.bearer_auth(token);
-            }
-            match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    let _ = resp.bytes().await;
-                    outcome.acknowledged += batch as u64;
-                    self.acked.fetch_add(batch as u64, Ordering::Relaxed);
-                    let _ = outcome
-                        .latency
-                        .record(now_us().saturating_sub(sent_us).max(1));
-                }
-                _ => outcome.errors += batch as u64,
+            let acknowledged = self
+                .http
+                .post(&self.base, path, self.token.as_deref(), &body)
+                .await;
+            if acknowledged {
+                outcome.acknowledged += batch as u64;
+                self.acked.fetch_add(batch as u64, Ordering::Relaxed);
+                let _ = outcome
+                    .latency
+                    .record(now_us().saturating_sub(sent_us).max(1));
+            } else {
+                outcome.errors += batch as u64;
             }
             seq += batch as u64;
         }

@@ -2,9 +2,9 @@
 //!
 //! `broker-bench-plot --out DIR results.json...` writes
 //! - `latency-vs-subscribers.png`: insert→delivery p50 and p99 against subscribers, one pair
-//!   of lines per server, from the runs that published at a fixed rate;
-//! - `memory-vs-connections.png`: server memory against idle subscribers, one line per
-//!   server, from the runs with a memory series (`--memory-step`).
+//!   of lines per server, from the light-load runs (one publisher at a fixed rate);
+//! - `memory-vs-connections.png`: server memory against idle subscribers, one line per run
+//!   with a memory series (`--memory-step`).
 //!
 //! Text is drawn with DejaVu Sans (Debian's fonts-dejavu-core), read at run time.
 
@@ -110,10 +110,14 @@ fn server(result: &Value) -> String {
         .to_owned()
 }
 
-/// p50 and p99 against subscribers, per server, from fixed-rate runs.
+/// p50 and p99 against subscribers, per server, from light-load runs (one publisher at a
+/// fixed rate).
 fn latency_series(results: &[Value]) -> Vec<Series> {
     let mut by_server: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in results {
+        if r["args"]["publishers"].as_u64() != Some(1) {
+            continue;
+        }
         let rate = r["args"]["rate"].as_f64().unwrap_or(0.0);
         let count = r["delivery_latency"]["count"].as_u64().unwrap_or(0);
         let (Some(subs), Some(p50), Some(p99)) = (
@@ -145,21 +149,26 @@ fn latency_series(results: &[Value]) -> Vec<Series> {
     out
 }
 
-/// RSS (MiB) against idle subscribers, per server.
+/// RSS (MiB) against idle subscribers, per run ("server (label)").
 fn memory_series(results: &[Value]) -> Vec<Series> {
-    let mut by_server: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut by_run: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in results {
+        let name = format!(
+            "{} ({})",
+            server(r),
+            r["args"]["label"].as_str().unwrap_or("run")
+        );
         for point in r["memory_series"].as_array().into_iter().flatten() {
             if let (Some(n), Some(kib)) = (point["subscribers"].as_f64(), point["rss_kib"].as_f64())
             {
-                by_server
-                    .entry(server(r))
+                by_run
+                    .entry(name.clone())
                     .or_default()
                     .push((n, kib / 1024.0));
             }
         }
     }
-    by_server
+    by_run
         .into_iter()
         .map(|(name, mut points)| {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
