@@ -209,3 +209,54 @@ async fn a_client_that_leaves_is_noticed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn streams_stop_short_of_the_open_file_limit_with_a_503() {
+    // 300 open files leave 44 for streams (256 are kept for everything else).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg("ulimit -n 300 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_broker"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--no-auth", "--db"])
+        .arg(&db);
+    let server = Server::spawn(cmd, db, "http");
+    let request = format!("GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    let mut open = Vec::new();
+    for _ in 0..44 {
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        read_until(&mut tcp, &mut Vec::new(), "$synced").await;
+        open.push(tcp);
+    }
+    let mut refused = TcpStream::connect(server.addr).await.expect("connect");
+    refused
+        .write_all(request.as_bytes())
+        .await
+        .expect("request");
+    let text = read_until(&mut refused, &mut Vec::new(), "}").await;
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("{\"error\":"), "{text}");
+    // Everything else still works: the reserve is untouched.
+    let health = common::client()
+        .get(server.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    // A stream that ends frees its place.
+    drop(open.pop());
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        let mut seen = Vec::new();
+        let head = read_until(&mut tcp, &mut seen, "\r\n").await;
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place freed: {head}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
