@@ -179,6 +179,16 @@ impl LocalGroup {
         }
     }
 
+    /// Stops the subscribers that have not synced yet, so that none joins once publishing has
+    /// begun (it would miss the first events and count them as lost).
+    pub fn settle(&mut self) {
+        for (p, task) in self.progress.iter().zip(&self.tasks) {
+            if !p.synced.load(Ordering::Acquire) && !p.failed.load(Ordering::Relaxed) {
+                task.abort();
+            }
+        }
+    }
+
     /// The group's counts now.
     pub fn counts(&self) -> Counts {
         let mut c = Counts {
@@ -341,6 +351,17 @@ impl Group {
         }
     }
 
+    /// Stops its subscribers that have not synced (see [`LocalGroup::settle`]).
+    pub async fn settle(&mut self) -> Result<(), String> {
+        match self {
+            Self::Local(g) => {
+                g.settle();
+                Ok(())
+            }
+            Self::Worker(g) => g.command("settle").await,
+        }
+    }
+
     /// Its counts now.
     pub fn counts(&self) -> Counts {
         match self {
@@ -364,8 +385,9 @@ pub fn share(total: usize, index: usize, groups: usize) -> usize {
     total / groups + usize::from(index < total % groups)
 }
 
-/// Runs this process as a worker: `connect N` grows its group, `stop` ends it with a
-/// [`Final`] line; its counts go to stdout every 100 ms meanwhile.
+/// Runs this process as a worker: `connect N` grows its group, `settle` stops the subscribers
+/// not yet synced, `stop` ends it with a [`Final`] line; its counts go to stdout every 100 ms
+/// meanwhile.
 pub async fn serve_worker(args: &Args, clients: Vec<reqwest::Client>) -> Result<(), String> {
     let token = std::env::var(TOKEN_VAR).ok();
     let mut group = LocalGroup::new(
@@ -385,6 +407,7 @@ pub async fn serve_worker(args: &Args, clients: Vec<reqwest::Client>) -> Result<
                 let mut words = line.split_whitespace();
                 match (words.next(), words.next().and_then(|n| n.parse().ok())) {
                     (Some("connect"), Some(n)) => group.connect(n),
+                    (Some("settle"), _) => group.settle(),
                     (Some("stop"), _) => break,
                     _ => return Err(format!("worker: unknown command {line:?}")),
                 }

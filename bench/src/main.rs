@@ -299,6 +299,11 @@ async fn run(args: Args) -> Result<Results, String> {
         }
     }
     let connect_seconds = started.elapsed().as_secs_f64();
+    if !connected_all {
+        for group in &mut groups {
+            group.settle().await?;
+        }
+    }
     let connected = counts(&groups);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = args.server_pid.and_then(system::rss_kib);

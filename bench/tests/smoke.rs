@@ -47,48 +47,57 @@ fn start_broker(db: &std::path::Path) -> Broker {
     Broker(child, url)
 }
 
+/// Runs broker-bench against `broker` with `args`, results to `json`; asserts it succeeded and
+/// returns its stdout and the parsed results.
+fn run_bench(
+    broker: &Broker,
+    json: &std::path::Path,
+    args: &[&str],
+) -> (String, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
+        .args(["--url", &broker.1, "--quiet", "--server-pid"])
+        .arg(broker.0.id().to_string())
+        .arg("--json")
+        .arg(json)
+        .args(args)
+        .output()
+        .expect("run broker-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = serde_json::from_str(&std::fs::read_to_string(json).expect("json written"))
+        .expect("valid JSON");
+    (stdout, results)
+}
+
 #[test]
 fn the_tool_measures_both_wires_with_nothing_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = start_broker(&dir.path().join("db"));
     for profile in ["broker", "node-sse"] {
         let json = dir.path().join(format!("{profile}.json"));
-        let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
-            .args([
-                "--url",
-                &broker.1,
+        let (stdout, results) = run_bench(
+            &broker,
+            &json,
+            &[
                 "--profile",
                 profile,
                 "--subscribers",
                 "20",
                 "--publishers",
                 "2",
-            ])
-            .args([
                 "--duration",
                 "1",
-                "--quiet",
                 "--snapshot-events",
                 "50",
                 "--channel",
                 profile,
-            ])
-            .arg("--server-pid")
-            .arg(broker.0.id().to_string())
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .expect("run broker-bench");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{profile}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
         );
         assert!(stdout.contains("| lost / duplicated | 0 / 0 |"), "{stdout}");
-        let results: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
-                .expect("valid JSON");
         let inserts = results["inserts"].as_u64().expect("inserts");
         assert!(inserts > 0);
         assert_eq!(
@@ -111,39 +120,22 @@ fn a_memory_series_and_its_plots() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = start_broker(&dir.path().join("db"));
     let json = dir.path().join("memory.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
-        .args([
-            "--url",
-            &broker.1,
+    let (stdout, results) = run_bench(
+        &broker,
+        &json,
+        &[
             "--subscribers",
             "30",
             "--memory-step",
             "10",
-        ])
-        .args([
             "--publishers",
             "1",
             "--rate",
             "20",
             "--duration",
             "1",
-            "--quiet",
-        ])
-        .arg("--server-pid")
-        .arg(broker.0.id().to_string())
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run broker-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
-            .expect("valid JSON");
     let series = results["memory_series"].as_array().expect("memory series");
     let counts: Vec<u64> = series
         .iter()
@@ -160,11 +152,29 @@ fn a_memory_series_and_its_plots() {
         "{stdout}"
     );
 
+    // A light-load run beside it, for the latency plot.
+    let light = dir.path().join("light.json");
+    run_bench(
+        &broker,
+        &light,
+        &[
+            "--subscribers",
+            "10",
+            "--publishers",
+            "1",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+        ],
+    );
+
     let plots = dir.path().join("plots");
     let out = Command::new(env!("CARGO_BIN_EXE_broker-bench-plot"))
         .arg("--out")
         .arg(&plots)
         .arg(&json)
+        .arg(&light)
         .output()
         .expect("run broker-bench-plot");
     assert!(
@@ -184,23 +194,25 @@ fn worker_processes_and_batch_publish_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = start_broker(&dir.path().join("db"));
     let json = dir.path().join("workers.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
-        .args(["--url", &broker.1, "--subscribers", "21", "--workers", "2"])
-        .args(["--publishers", "2", "--batch", "5", "--duration", "1"])
-        .args(["--quiet", "--source-addrs", "2", "--json"])
-        .arg(&json)
-        .output()
-        .expect("run broker-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, results) = run_bench(
+        &broker,
+        &json,
+        &[
+            "--subscribers",
+            "21",
+            "--workers",
+            "2",
+            "--publishers",
+            "2",
+            "--batch",
+            "5",
+            "--duration",
+            "1",
+            "--source-addrs",
+            "2",
+        ],
     );
     assert!(stdout.contains("over 2 worker processes"), "{stdout}");
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
-            .expect("valid JSON");
     let inserts = results["inserts"].as_u64().expect("inserts");
     assert!(
         inserts > 0 && inserts.is_multiple_of(5),

@@ -35,9 +35,9 @@ struct Args {
     readers: usize,
 }
 
-/// CPU seconds (user + system) of the calling thread.
-fn thread_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+/// CPU seconds (user + system) from a `/proc/.../stat` file.
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
         return 0.0;
     };
     let fields: Vec<&str> = stat
@@ -47,16 +47,14 @@ fn thread_cpu() -> f64 {
     ticks(11).unwrap_or(0.0) / 100.0 + ticks(12).unwrap_or(0.0) / 100.0
 }
 
+/// CPU seconds of the calling thread.
+fn thread_cpu() -> f64 {
+    cpu_seconds("/proc/thread-self/stat")
+}
+
 /// CPU seconds of the whole process.
 fn process_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    ticks(11).unwrap_or(0.0) / 100.0 + ticks(12).unwrap_or(0.0) / 100.0
+    cpu_seconds("/proc/self/stat")
 }
 
 fn main() -> Result<(), String> {

@@ -2,7 +2,8 @@
 //!
 //! `broker-bench-plot --out DIR results.json...` writes
 //! - `latency-vs-subscribers.png`: insert→delivery p50 and p99 against subscribers, one pair
-//!   of lines per server, from the light-load runs (one publisher at a fixed rate);
+//!   of lines per server, from the light-load runs (one publisher at a fixed rate, no memory
+//!   series);
 //! - `memory-vs-connections.png`: server memory against idle subscribers, one line per run
 //!   with a memory series (`--memory-step`).
 //!
@@ -82,6 +83,7 @@ fn run(args: &Args) -> Result<Vec<PathBuf>, String> {
             "subscribers",
             "latency (ms)",
             &latency,
+            Axes::LogLog,
         )?;
         written.push(path);
     }
@@ -94,6 +96,7 @@ fn run(args: &Args) -> Result<Vec<PathBuf>, String> {
             "idle subscribers",
             "resident memory (MiB)",
             &memory,
+            Axes::Linear,
         )?;
         written.push(path);
     }
@@ -115,13 +118,16 @@ fn server(result: &Value) -> String {
 fn latency_series(results: &[Value]) -> Vec<Series> {
     let mut by_server: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in results {
-        if r["args"]["publishers"].as_u64() != Some(1) {
+        // Light-load runs only: one publisher, and not a memory series.
+        if r["args"]["publishers"].as_u64() != Some(1)
+            || r["args"]["memory_step"].as_u64().unwrap_or(0) > 0
+        {
             continue;
         }
         let rate = r["args"]["rate"].as_f64().unwrap_or(0.0);
         let count = r["delivery_latency"]["count"].as_u64().unwrap_or(0);
         let (Some(subs), Some(p50), Some(p99)) = (
-            r["args"]["subscribers"].as_f64(),
+            r["subscribers_synced"].as_f64(),
             r["delivery_latency"]["p50_ms"].as_f64(),
             r["delivery_latency"]["p99_ms"].as_f64(),
         ) else {
@@ -177,13 +183,23 @@ fn memory_series(results: &[Value]) -> Vec<Series> {
         .collect()
 }
 
-/// A log-log line chart of `series`.
+/// How a chart's axes are scaled.
+#[derive(Clone, Copy)]
+enum Axes {
+    /// Both logarithmic (latency spans decades).
+    LogLog,
+    /// Both linear, from zero (memory grows in a straight line).
+    Linear,
+}
+
+/// A line chart of `series`.
 fn draw(
     path: &Path,
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
+    axes: Axes,
 ) -> Result<(), String> {
     let all = || series.iter().flat_map(|(_, p)| p.iter());
     let bound = |f: fn(&(f64, f64)) -> f64, min: bool| {
@@ -194,22 +210,70 @@ fn draw(
                 if min { a.min(v) } else { a.max(v) }
             })
     };
-    let (x0, x1) = (bound(|p| p.0, true) * 0.8, bound(|p| p.0, false) * 1.25);
-    let (y0, y1) = (bound(|p| p.1, true) * 0.5, bound(|p| p.1, false) * 2.0);
+    let (x_max, y_max) = (bound(|p| p.0, false), bound(|p| p.1, false));
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    let text = Text {
+        path,
+        title,
+        x_desc,
+        y_desc,
+        legend: match axes {
+            Axes::LogLog => SeriesLabelPosition::UpperLeft,
+            Axes::Linear => SeriesLabelPosition::LowerRight,
+        },
+    };
+    match axes {
+        Axes::LogLog => {
+            let x = (bound(|p| p.0, true) * 0.8..x_max * 1.25).log_scale();
+            let y = (bound(|p| p.1, true) * 0.5..y_max * 2.0).log_scale();
+            chart(&root, &text, series, x, y)
+        }
+        Axes::Linear => chart(&root, &text, series, 0.0..x_max * 1.05, 0.0..y_max * 1.15),
+    }
+}
+
+/// A chart's file, title, axis descriptions and legend corner.
+struct Text<'a> {
+    path: &'a Path,
+    title: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    legend: SeriesLabelPosition,
+}
+
+/// Draws `series` on `root` with the axes `x` and `y`.
+fn chart<X, Y>(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    text: &Text<'_>,
+    series: &[Series],
+    x: X,
+    y: Y,
+) -> Result<(), String>
+where
+    X: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    X::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+    Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let (path, title) = (text.path, text.title);
+    let (x_desc, y_desc) = (text.x_desc, text.y_desc);
     let fail = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 26))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .build_cartesian_2d(x, y)
         .map_err(|e| fail(&e))?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_labels(12)
+        .y_labels(16)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| fail(&e))?;
@@ -231,7 +295,7 @@ fn draw(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(text.legend.clone())
         .label_font(("sans-serif", 16))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
