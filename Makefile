@@ -25,7 +25,7 @@ screenshot: deps
 	$(CARGO) build
 	cd tests/browser && UPDATE_SCREENSHOT=1 node --test demo.test.mjs
 
-## Load-test a release build: a quick suite (about a minute) or the whole one.
+## Load-test a release build: a quick suite (about two minutes) or the whole one.
 bench:
 	scripts/bench.sh quick
 
