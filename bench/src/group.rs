@@ -5,7 +5,6 @@
 //! binary started with `--worker`, which takes `connect N` and `stop` on stdin and answers with
 //! JSON lines on stdout. Subscriber `i` of a run belongs to group `i % groups`.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
+
+use broker_bench::system;
 
 use crate::config::{Args, Wire};
 use crate::profile;
@@ -121,17 +122,9 @@ impl Spec {
     fn conn(&self, i: usize, clients: &[reqwest::Client]) -> Conn {
         match clients.get(i % clients.len().max(1)) {
             Some(http) if !self.url.starts_with("http://") => Conn::Client(http.clone()),
-            _ => Conn::Raw(source_addr(self.source_addrs, i)),
+            _ => Conn::Raw(system::source_addr(self.source_addrs, i)),
         }
     }
-}
-
-/// Source address of connection `i`: 127.0.0.2, 127.0.0.3, ... (`None`: the default).
-pub fn source_addr(source_addrs: u8, i: usize) -> Option<IpAddr> {
-    (source_addrs > 0).then(|| {
-        let k = (i % usize::from(source_addrs)) as u8;
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k))
-    })
 }
 
 /// Subscribers running as tasks of this process.

@@ -18,9 +18,7 @@ mod raw_http;
 mod report;
 mod stats;
 mod subscriber;
-mod system;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +28,7 @@ use clap::Parser;
 use serde_json::json;
 use tokio::time::Instant;
 
+use broker_bench::system;
 use config::{Args, Wire};
 use group::{Counts, Group, LocalGroup, Spec, WorkerGroup};
 use report::Results;
@@ -74,15 +73,8 @@ async fn main() -> ExitCode {
 /// HTTP clients, one per source address.
 fn clients(source_addrs: u8) -> Result<Vec<reqwest::Client>, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let addrs: Vec<Option<IpAddr>> = if source_addrs == 0 {
-        vec![None]
-    } else {
-        (0..source_addrs)
-            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))))
-            .collect()
-    };
-    addrs
-        .into_iter()
+    (0..usize::from(source_addrs).max(1))
+        .map(|i| system::source_addr(source_addrs, i))
         .map(|addr| {
             reqwest::Client::builder()
                 .local_address(addr)

@@ -9,11 +9,12 @@
 //! figures bound what fan-out rate and latency are reachable (docs/BENCHMARKS.md).
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use broker_bench::system;
 use clap::Parser;
 use tokio::io::AsyncReadExt;
 
@@ -35,33 +36,19 @@ struct Args {
     readers: usize,
 }
 
-/// CPU seconds (user + system) from a `/proc/.../stat` file.
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    ticks(11).unwrap_or(0.0) / 100.0 + ticks(12).unwrap_or(0.0) / 100.0
-}
-
 /// CPU seconds of the calling thread.
 fn thread_cpu() -> f64 {
-    cpu_seconds("/proc/thread-self/stat")
+    system::cpu_seconds_in("/proc/thread-self/stat").unwrap_or(0.0)
 }
 
 /// CPU seconds of the whole process.
 fn process_cpu() -> f64 {
-    cpu_seconds("/proc/self/stat")
+    system::cpu_seconds_in("/proc/self/stat").unwrap_or(0.0)
 }
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
-    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
-        let _ = rlimit::Resource::NOFILE.set(hard, hard);
-    }
+    system::raise_open_files();
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let server = listener.local_addr().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -74,8 +61,7 @@ fn main() -> Result<(), String> {
     let frames_read = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 16) as u8));
-        let socket = socket_from(source)?;
+        let socket = socket_from(system::source_addr(16, i))?;
         let reader = runtime
             .block_on(socket.connect(server))
             .map_err(|e| format!("connection {i}: {e}"))?;
@@ -126,11 +112,14 @@ fn main() -> Result<(), String> {
     Ok(())
 }
 
-fn socket_from(source: IpAddr) -> Result<tokio::net::TcpSocket, String> {
+/// A socket bound to `source` (spreading connections over loopback addresses).
+fn socket_from(source: Option<IpAddr>) -> Result<tokio::net::TcpSocket, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("cannot bind {source}: {e}"))?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("cannot bind {ip}: {e}"))?;
+    }
     Ok(socket)
 }
 
