@@ -107,7 +107,8 @@ pub struct Config {
     #[arg(long, env = "BROKER_RETRY_MS", default_value_t = 2_000)]
     pub retry_ms: u64,
 
-    /// Live events a stream may fall behind before it is caught up from the store.
+    /// Live commits (each the one or more records that shared an fsync) a stream may fall
+    /// behind before it is caught up from the store.
     #[arg(long, env = "BROKER_STREAM_BUFFER", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub stream_buffer: u64,

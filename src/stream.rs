@@ -365,11 +365,13 @@ impl Subscription {
     /// Handles a hub message; returns a reason when the stream must end.
     fn accept(&mut self, message: HubMessage, chunk: &mut BytesMut) -> Option<&'static str> {
         match message {
-            HubMessage::Record(record) => {
-                if record.id > self.cursor {
-                    self.cursor = record.id;
-                    if self.admits(&record.channel) {
-                        self.send(&record, chunk);
+            HubMessage::Records(records) => {
+                for record in records.iter() {
+                    if record.id > self.cursor {
+                        self.cursor = record.id;
+                        if self.admits(&record.channel) {
+                            self.send(record, chunk);
+                        }
                     }
                 }
                 None

@@ -115,33 +115,21 @@ impl Subscriber {
     async fn stream(&self) -> Result<(), String> {
         let mut body = self.open().await?;
         let mut buf: Vec<u8> = Vec::new();
-        let mut event = String::new();
-        let mut data = String::new();
         let mut last_seq: Vec<Option<u64>> = vec![None; self.publishers];
         let mut pending: Vec<u64> = Vec::with_capacity(256);
         while body.read_into(&mut buf).await? {
+            // Everything in one read arrived at once: one clock reading serves all its events.
+            let now = now_us();
             let mut start = 0;
-            while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-                let line = &buf[start..start + pos];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.is_empty() {
-                    if profile::is_synced(self.wire, &event) {
-                        self.progress.synced.store(true, Ordering::Release);
-                    } else if !self.progress.synced.load(Ordering::Relaxed) {
-                        // Snapshot (or lastEvent) of earlier runs: not part of this one.
-                    } else if let Some(sample) = profile::parse(self.wire, &event, &data) {
-                        self.count(sample, &mut last_seq, &mut pending);
-                    }
-                    event.clear();
-                    data.clear();
-                } else if let Some(v) = line.strip_prefix(b"event: ") {
-                    event.clear();
-                    event.push_str(&String::from_utf8_lossy(v));
-                } else if let Some(v) = line.strip_prefix(b"data: ") {
-                    data.clear();
-                    data.push_str(&String::from_utf8_lossy(v));
+            while let Some((event, data, len)) = next_event(&buf[start..]) {
+                if profile::is_synced(self.wire, event) {
+                    self.progress.synced.store(true, Ordering::Release);
+                } else if !self.progress.synced.load(Ordering::Relaxed) {
+                    // Snapshot (or lastEvent) of earlier runs: not part of this one.
+                } else if let Some(sample) = profile::parse(self.wire, event, data) {
+                    self.count(sample, now, &mut last_seq, &mut pending);
                 }
-                start += pos + 1;
+                start += len;
             }
             buf.drain(..start);
             self.flush(&mut pending);
@@ -150,7 +138,13 @@ impl Subscriber {
         Err("stream ended".into())
     }
 
-    fn count(&self, sample: profile::Sample, last_seq: &mut [Option<u64>], pending: &mut Vec<u64>) {
+    fn count(
+        &self,
+        sample: profile::Sample,
+        now: u64,
+        last_seq: &mut [Option<u64>],
+        pending: &mut Vec<u64>,
+    ) {
         let Some(last) = last_seq.get_mut(sample.publisher) else {
             return;
         };
@@ -160,7 +154,7 @@ impl Subscriber {
         }
         *last = Some(sample.seq);
         self.progress.received.fetch_add(1, Ordering::Relaxed);
-        pending.push(now_us().saturating_sub(sample.sent_us).max(1));
+        pending.push(now.saturating_sub(sample.sent_us).max(1));
     }
 
     fn flush(&self, pending: &mut Vec<u64>) {
@@ -173,5 +167,47 @@ impl Subscriber {
             }
         }
         pending.clear();
+    }
+}
+
+/// The first complete SSE event in `buf`: its `event` and (last) `data` field values, and the
+/// bytes it takes up to and including the blank line that ends it. `None` until one is whole.
+/// Comments and other fields are skipped; a block without fields (a keep-alive) has an empty
+/// event name.
+fn next_event(buf: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let (mut event, mut data): (&[u8], &[u8]) = (b"", b"");
+    let mut at = 0;
+    loop {
+        let end = at + memchr::memchr(b'\n', &buf[at..])?;
+        let line = &buf[at..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        at = end + 1;
+        if line.is_empty() {
+            return Some((event, data, at));
+        }
+        if let Some(v) = line.strip_prefix(b"event: ") {
+            event = v;
+        } else if let Some(v) = line.strip_prefix(b"data: ") {
+            data = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_event;
+
+    #[test]
+    fn events_are_read_whole_and_in_place() {
+        let buf = b": keep-alive\n\nid: 7\r\nevent: bench\r\ndata: {\"p\":0}\r\n\r\nevent: x\n";
+        let (event, data, len) = next_event(buf).expect("the comment block");
+        assert_eq!((event, data, len), (&b""[..], &b""[..], 14));
+        let (event, data, second) = next_event(&buf[len..]).expect("the event");
+        assert_eq!((event, data), (&b"bench"[..], &b"{\"p\":0}"[..]));
+        assert_eq!(
+            next_event(&buf[len + second..]),
+            None,
+            "an unfinished event waits"
+        );
     }
 }

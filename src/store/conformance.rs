@@ -1,24 +1,49 @@
 //! The behaviour every [`Store`] implementation must have. Each implementation's tests call
 //! [`run_all`] with a factory that makes a fresh, empty store.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 
 use super::{CommitListener, NewRecord, Record, Store, StoreError, User};
 
 /// A listener that remembers every committed id, in the order it was told.
-#[derive(Default)]
 pub struct Recorder {
     /// Ids in the order the store reported them.
-    pub ids: Mutex<Vec<u64>>,
+    ids: watch::Sender<Vec<u64>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            ids: watch::Sender::new(Vec::new()),
+        }
+    }
+}
+
+impl Recorder {
+    /// The ids reported so far, once there are at least `n` of them. A store tells its listener
+    /// right after it acknowledges a commit, so the last few may arrive just after `append`.
+    pub async fn ids_once(&self, n: usize) -> Vec<u64> {
+        let mut rx = self.ids.subscribe();
+        let ready =
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|ids| ids.len() >= n));
+        match ready.await {
+            Ok(Ok(ids)) => ids.clone(),
+            _ => panic!(
+                "listener was told of {} ids, not {n}",
+                self.ids.borrow().len()
+            ),
+        }
+    }
 }
 
 impl CommitListener for Recorder {
     fn committed(&self, records: &[Arc<Record>]) {
-        if let Ok(mut ids) = self.ids.lock() {
-            ids.extend(records.iter().map(|r| r.id));
-        }
+        self.ids
+            .send_modify(|ids| ids.extend(records.iter().map(|r| r.id)));
     }
 }
 
@@ -79,7 +104,7 @@ async fn ids_increase_and_are_reported_in_order<G>(
     );
     assert_eq!(store.last_id().await.expect("last_id"), ids[4]);
     assert_eq!(
-        *recorder.ids.lock().expect("lock"),
+        recorder.ids_once(ids.len()).await,
         ids,
         "listener told every id, in order"
     );
@@ -235,7 +260,7 @@ async fn batches_are_atomic_and_contiguous<G>(
         "a batch takes consecutive ids"
     );
     assert_eq!(out[1].channel, "b");
-    assert_eq!(*recorder.ids.lock().expect("lock"), ids);
+    assert_eq!(recorder.ids_once(ids.len()).await, ids);
     store.close().await;
 }
 
@@ -271,7 +296,7 @@ async fn concurrent_appends_are_all_kept<G>(
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), 400, "no id handed out twice");
-    let reported = recorder.ids.lock().expect("lock").clone();
+    let reported = recorder.ids_once(all.len()).await;
     assert_eq!(reported, all, "listener saw all of them in id order");
     assert_eq!(store.since(0, 1000).await.expect("since").len(), 400);
     store.close().await;

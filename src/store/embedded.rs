@@ -1,8 +1,8 @@
 //! The embedded store: one `redb` file, with group commit.
 //!
 //! A single writer thread owns every write transaction. It drains whatever appends are queued into
-//! one transaction and one fsync, reports the new records to the [`CommitListener`] in id order,
-//! and only then answers the callers: an acknowledged append is on disk, and every subscriber sees
+//! one transaction and one fsync, answers the callers, then reports the new records to the
+//! [`CommitListener`] in id order: an acknowledged append is on disk, and every subscriber sees
 //! records in commit order. Reads run on Tokio's blocking pool against MVCC snapshots and never
 //! wait for the writer.
 //!
@@ -434,9 +434,8 @@ impl Writer {
                         Pending::User(..) => Vec::new(),
                     })
                     .collect();
-                if !committed.is_empty() {
-                    self.listener.committed(&committed);
-                }
+                // Callers first: telling the hub wakes every live stream, and a reply woken
+                // after them would wait for the whole fan-out before its response went out.
                 for p in pending {
                     match p {
                         Pending::Append(reply, records) => {
@@ -446,6 +445,9 @@ impl Writer {
                             let _ = reply.send(result);
                         }
                     }
+                }
+                if !committed.is_empty() {
+                    self.listener.committed(&committed);
                 }
             }
             Err(err) => {

@@ -4,8 +4,10 @@
 //! cluster store are interchangeable. Every implementation must pass the conformance suite in
 //! `conformance.rs`.
 //!
-//! A store reports every commit, in id order, to its [`CommitListener`] (the hub) *before* it
-//! acknowledges the append. That single ordered feed is what the live streams are built on.
+//! A store reports every commit, in id order, to its [`CommitListener`] (the hub) as soon as it
+//! is durable: right after the appends are acknowledged, so a publisher's answer never waits for
+//! the fan-out to thousands of streams. That single ordered feed is what the live streams are
+//! built on; a stream that opens in between finds the record in the store instead.
 
 pub mod embedded;
 
@@ -120,7 +122,8 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Receives every committed batch of records, in id order, before the appends are acknowledged.
+/// Receives every committed batch of records, in id order, once they are durable (just after the
+/// appends are acknowledged).
 pub trait CommitListener: Send + Sync + 'static {
     /// Called once per commit with the new records in id order.
     fn committed(&self, records: &[Arc<Record>]);
