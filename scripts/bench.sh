@@ -41,14 +41,14 @@ floor() { # the kernel's own cost per loopback write and read, for the report
 
 if [ "$suite" = quick ]; then
   floor 1000 100
-  broker light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 10 --source-addrs 4
-  broker fan-out-2000 --subscribers 2000 --publishers 64 --duration 10 --source-addrs 4
-  broker durable-inserts --subscribers 1 --publishers 64 --duration 10
+  broker light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
+  broker fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
+  broker durable-inserts --subscribers 1 --publishers 64 --duration 5
   broker snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
   broker memory-5000 --subscribers 5000 --memory-step 1000 --publishers 1 --rate 1 --duration 1 --source-addrs 8
-  broker node-sse-wire --profile node-sse --subscribers 1000 --publishers 16 --duration 10 --source-addrs 4
-  node_sse node-sse-server-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 10 --source-addrs 4
-  node_sse node-sse-server-fan-out-2000 --subscribers 2000 --publishers 64 --duration 10 --source-addrs 4
+  broker node-sse-wire --profile node-sse --subscribers 1000 --publishers 16 --duration 5 --source-addrs 4
+  node_sse node-sse-server-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
+  node_sse node-sse-server-fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
 else
   floor 1000 300
   floor 9000 30

@@ -65,7 +65,7 @@ pub fn is_synced(wire: Wire, event: &[u8]) -> bool {
 }
 
 /// The fields of a sample as delivered; other fields (the padding) are skipped unread.
-#[derive(serde::Deserialize)]
+#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
 struct Fields {
     p: usize,
     s: u64,
