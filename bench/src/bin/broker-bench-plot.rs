@@ -113,11 +113,14 @@ fn server(result: &Value) -> String {
         .to_owned()
 }
 
+/// (subscribers, p50 ms, p99 ms) of one run.
+type LatencyPoint = (f64, f64, f64);
+
 /// p50 and p99 against subscribers, per server, from light-load runs (one publisher at a
 /// fixed rate). Where a server was run at several rates, the rate it was run at most often
 /// is drawn, so that every point of a line shares one rate.
 fn latency_series(results: &[Value]) -> Vec<Series> {
-    let mut by_run: BTreeMap<(String, u64), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut by_run: BTreeMap<(String, u64), Vec<LatencyPoint>> = BTreeMap::new();
     for r in results {
         // Light-load runs only: one publisher, and not a memory series.
         if r["args"]["publishers"].as_u64() != Some(1)
@@ -141,7 +144,7 @@ fn latency_series(results: &[Value]) -> Vec<Series> {
                 .push((subs, p50, p99));
         }
     }
-    let mut by_server: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut by_server: BTreeMap<String, Vec<LatencyPoint>> = BTreeMap::new();
     for ((name, _), points) in by_run {
         let kept = by_server.entry(name).or_default();
         if points.len() > kept.len() {
