@@ -383,7 +383,7 @@ async fn run(args: Args) -> Result<Results, String> {
         done.merge_latency(&mut latency);
         first_error = first_error.or(done.first_error);
     }
-    if let Some(e) = first_error {
+    if let Some(e) = &first_error {
         eprintln!("{} subscribers failed, first: {e}", totals.failed);
     }
     let rss_end = args.server_pid.and_then(system::rss_kib);
@@ -391,6 +391,7 @@ async fn run(args: Args) -> Result<Results, String> {
         workers,
         subscribers_synced: totals.synced,
         subscribers_failed: totals.failed,
+        first_failure: first_error,
         subscribers_unconnected: args
             .subscribers
             .saturating_sub(connected.synced + connected.failed),

@@ -16,6 +16,8 @@ pub struct Results {
     pub subscribers_synced: usize,
     /// Subscribers whose stream failed.
     pub subscribers_failed: usize,
+    /// Why the first of them failed (as its client reported it).
+    pub first_failure: Option<String>,
     /// Subscribers still not connected when `--connect-timeout` ran out.
     pub subscribers_unconnected: usize,
     /// Seconds until every subscriber was connected and synced.
@@ -100,6 +102,11 @@ impl Results {
                     }
                 ),
             ),
+        ];
+        if let Some(failure) = &self.first_failure {
+            rows.push(("first subscriber failure", failure.replace('|', "\\|")));
+        }
+        rows.extend([
             (
                 "publishers, target rate",
                 format!(
@@ -179,7 +186,7 @@ impl Results {
                     opt(self.tool_cpu_seconds, "s")
                 ),
             ),
-        ];
+        ]);
         if let Some(s) = self.snapshot_seconds {
             rows.push((
                 "snapshot",

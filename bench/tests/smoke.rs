@@ -23,10 +23,11 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker(db: &std::path::Path) -> Broker {
+fn start_broker(db: &std::path::Path, extra: &[&str]) -> Broker {
     let mut child = Command::new(broker_bin())
         .args(["--host", "127.0.0.1", "--port", "0", "--db"])
         .arg(db)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -76,7 +77,7 @@ fn run_bench(
 #[test]
 fn the_tool_measures_both_wires_with_nothing_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = start_broker(&dir.path().join("db"));
+    let broker = start_broker(&dir.path().join("db"), &[]);
     for profile in ["broker", "node-sse"] {
         let json = dir.path().join(format!("{profile}.json"));
         let (stdout, results) = run_bench(
@@ -116,9 +117,39 @@ fn the_tool_measures_both_wires_with_nothing_lost() {
 }
 
 #[test]
+fn a_failed_subscriber_is_reported_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Room for two streams: the other two subscribers are refused with a 503.
+    let broker = start_broker(&dir.path().join("db"), &["--max-streams", "2"]);
+    let json = dir.path().join("refused.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
+        .args(["--url", &broker.1, "--quiet", "--json"])
+        .arg(&json)
+        .args(["--subscribers", "4", "--publishers", "1", "--duration", "1"])
+        .output()
+        .expect("run broker-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "failed subscribers fail the run");
+    assert!(
+        stdout.contains("| first subscriber failure | 503 "),
+        "{stdout}"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid JSON");
+    assert_eq!(results["subscribers_failed"].as_u64(), Some(2));
+    assert!(
+        results["first_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("too many open streams")),
+        "{results}"
+    );
+}
+
+#[test]
 fn a_memory_series_and_its_plots() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = start_broker(&dir.path().join("db"));
+    let broker = start_broker(&dir.path().join("db"), &[]);
     let json = dir.path().join("memory.json");
     let (stdout, results) = run_bench(
         &broker,
@@ -192,7 +223,7 @@ fn a_memory_series_and_its_plots() {
 #[test]
 fn worker_processes_and_batch_publish_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = start_broker(&dir.path().join("db"));
+    let broker = start_broker(&dir.path().join("db"), &[]);
     let json = dir.path().join("workers.json");
     let (stdout, results) = run_bench(
         &broker,
