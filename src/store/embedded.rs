@@ -601,6 +601,47 @@ mod tests {
         store.close().await;
     }
 
+    /// A listener that holds the writer until the test says the append was answered, and
+    /// records whether that came first.
+    struct AfterAnswer {
+        answered: Mutex<std_mpsc::Receiver<()>>,
+        answered_first: Mutex<Option<bool>>,
+    }
+
+    impl CommitListener for AfterAnswer {
+        fn committed(&self, _records: &[Arc<Record>]) {
+            let first = self
+                .answered
+                .lock()
+                .is_ok_and(|rx| rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+            if let Ok(mut seen) = self.answered_first.lock() {
+                seen.get_or_insert(first);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inserts_are_answered_before_the_hub_is_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (answered, rx) = std_mpsc::channel();
+        let listener = Arc::new(AfterAnswer {
+            answered: Mutex::new(rx),
+            answered_first: Mutex::new(None),
+        });
+        let store = EmbeddedStore::open(dir.path(), listener.clone()).expect("open");
+        store
+            .append(vec![conformance::new_record("c", "e", "1")])
+            .await
+            .expect("append");
+        answered.send(()).expect("listener waiting");
+        store.close().await;
+        assert_eq!(
+            *listener.answered_first.lock().expect("lock"),
+            Some(true),
+            "the listener was told before the append was answered"
+        );
+    }
+
     #[tokio::test]
     async fn a_second_process_cannot_open_the_same_database() {
         let dir = tempfile::tempdir().expect("tempdir");
