@@ -263,6 +263,7 @@ fn worker_processes_and_batch_publish_lose_nothing() {
 fn the_floor_tool_measures_loopback_writes() {
     let out = Command::new(env!("CARGO_BIN_EXE_broker-bench-floor"))
         .args(["--connections", "40", "--rounds", "5", "--frame", "100"])
+        .args(["--writers", "2"])
         .output()
         .expect("run broker-bench-floor");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -271,5 +272,5 @@ fn the_floor_tool_measures_loopback_writes() {
         stdout.contains("40 connections, 100-byte frames, 5 rounds"),
         "{stdout}"
     );
-    assert!(stdout.contains("µs CPU per write"), "{stdout}");
+    assert!(stdout.contains("µs CPU per write (2 thread(s)"), "{stdout}");
 }

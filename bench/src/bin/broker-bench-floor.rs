@@ -1,17 +1,18 @@
 //! broker-bench-floor: what the kernel alone costs per delivery on this machine.
 //!
-//! Opens N loopback TCP connections to itself, then, round after round, one thread writes a
-//! frame of B bytes to every connection with a plain blocking `write()` (no runtime, no HTTP,
-//! no channel: the least any server could do per subscriber) while async tasks read them the
-//! way broker-bench's subscribers do. It reports the CPU per write and per read and the time
+//! Opens N loopback TCP connections to itself, then, round after round, one thread (or
+//! `--writers` threads, each with its share of the connections) writes a frame of B bytes to
+//! every connection with a plain blocking `write()` (no runtime, no HTTP, no channel: the least
+//! any server could do per subscriber) while async tasks read them the way broker-bench's
+//! subscribers do. It reports the CPU per write and per read and the time
 //! of a whole sweep, from the first write to the last frame read. Any SSE server on this
 //! machine pays at least this per delivery that goes out in a write of its own, so the
 //! figures bound what fan-out rate and latency are reachable (docs/BENCHMARKS.md).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use broker_bench::system;
@@ -31,9 +32,13 @@ struct Args {
     /// Sweeps over every connection.
     #[arg(long, default_value_t = 50)]
     rounds: usize,
-    /// Threads reading (the write side is always one thread).
+    /// Threads reading.
     #[arg(long, default_value_t = 1)]
     readers: usize,
+    /// Threads writing, each to its own share of the connections (a server sweeping its
+    /// subscribers on every core).
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
 }
 
 /// CPU seconds of the calling thread.
@@ -73,30 +78,55 @@ fn main() -> Result<(), String> {
     }
 
     let frame = vec![b'x'; args.frame];
+    let share = args.connections.div_ceil(args.writers.max(1)).max(1);
+    let threads = args.connections.div_ceil(share);
+    // Each round starts when every writer thread and this one have reached the barrier.
+    let start = Barrier::new(threads + 1);
     let cpu_before = process_cpu();
-    let writer_cpu_before = thread_cpu();
     let started = Instant::now();
     let mut sweeps = Vec::with_capacity(args.rounds);
-    for round in 1..=args.rounds {
-        let sweep_start = Instant::now();
-        for w in &mut writers {
-            write_frame(w, &frame)?;
+    let writer_cpu = std::thread::scope(|scope| {
+        let handles: Vec<_> = writers
+            .chunks_mut(share)
+            .map(|part| {
+                let (start, frame, rounds) = (&start, &frame, args.rounds);
+                scope.spawn(move || {
+                    let before = thread_cpu();
+                    for _ in 0..rounds {
+                        start.wait();
+                        for w in part.iter_mut() {
+                            write_frame(w, frame)?;
+                        }
+                    }
+                    Ok::<f64, String>(thread_cpu() - before)
+                })
+            })
+            .collect();
+        for round in 1..=args.rounds {
+            let sweep_start = Instant::now();
+            start.wait();
+            let goal = (round * args.connections) as u64;
+            while frames_read.load(Ordering::Acquire) < goal {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            sweeps.push(sweep_start.elapsed());
         }
-        let goal = (round * args.connections) as u64;
-        while frames_read.load(Ordering::Acquire) < goal {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        sweeps.push(sweep_start.elapsed());
-    }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "a writer thread panicked".to_owned())?
+            })
+            .sum::<Result<f64, String>>()
+    })?;
     let elapsed = started.elapsed();
-    let writer_cpu = thread_cpu() - writer_cpu_before;
     let reader_cpu = (process_cpu() - cpu_before - writer_cpu).max(0.0);
     let writes = (args.connections * args.rounds) as f64;
     sweeps.sort();
     let median = sweeps.get(sweeps.len() / 2).copied().unwrap_or_default();
     println!(
         "{} connections, {}-byte frames, {} rounds in {:.2} s\n\
-         writer: {:.2} µs CPU per write (one thread, blocking write())\n\
+         writer: {:.2} µs CPU per write ({} thread(s), blocking write())\n\
          readers: {:.2} µs CPU per frame read ({} thread(s), tokio)\n\
          sweep (first write to last frame read): median {:.2} ms, max {:.2} ms",
         args.connections,
@@ -104,6 +134,7 @@ fn main() -> Result<(), String> {
         args.rounds,
         elapsed.as_secs_f64(),
         writer_cpu / writes * 1e6,
+        threads,
         reader_cpu / writes * 1e6,
         args.readers,
         median.as_secs_f64() * 1e3,
