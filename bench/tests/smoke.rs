@@ -48,13 +48,13 @@ fn start_broker(db: &std::path::Path, extra: &[&str]) -> Broker {
     Broker(child, url)
 }
 
-/// Runs broker-bench against `broker` with `args`, results to `json`; asserts it succeeded and
-/// returns its stdout and the parsed results.
-fn run_bench(
+/// Runs broker-bench against `broker` with `args`, results to `json`; returns whether it
+/// succeeded, its stdout and stderr, and the parsed results.
+fn bench(
     broker: &Broker,
     json: &std::path::Path,
     args: &[&str],
-) -> (String, serde_json::Value) {
+) -> (bool, String, String, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
         .args(["--url", &broker.1, "--quiet", "--server-pid"])
         .arg(broker.0.id().to_string())
@@ -64,13 +64,20 @@ fn run_bench(
         .output()
         .expect("run broker-bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let results = serde_json::from_str(&std::fs::read_to_string(json).expect("json written"))
         .expect("valid JSON");
+    (out.status.success(), stdout, stderr, results)
+}
+
+/// [`bench`], asserting it succeeded; returns its stdout and the parsed results.
+fn run_bench(
+    broker: &Broker,
+    json: &std::path::Path,
+    args: &[&str],
+) -> (String, serde_json::Value) {
+    let (success, stdout, stderr, results) = bench(broker, json, args);
+    assert!(success, "{stdout}\n{stderr}");
     (stdout, results)
 }
 
@@ -122,21 +129,16 @@ fn a_failed_subscriber_is_reported_with_its_reason() {
     // Room for two streams: the other two subscribers are refused with a 503.
     let broker = start_broker(&dir.path().join("db"), &["--max-streams", "2"]);
     let json = dir.path().join("refused.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_broker-bench"))
-        .args(["--url", &broker.1, "--quiet", "--json"])
-        .arg(&json)
-        .args(["--subscribers", "4", "--publishers", "1", "--duration", "1"])
-        .output()
-        .expect("run broker-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "failed subscribers fail the run");
+    let (success, stdout, _, results) = bench(
+        &broker,
+        &json,
+        &["--subscribers", "4", "--publishers", "1", "--duration", "1"],
+    );
+    assert!(!success, "failed subscribers fail the run");
     assert!(
         stdout.contains("| first subscriber failure | 503 "),
         "{stdout}"
     );
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
-            .expect("valid JSON");
     assert_eq!(results["subscribers_failed"].as_u64(), Some(2));
     assert!(
         results["first_failure"]
