@@ -2,29 +2,34 @@
 //!
 //! The hub is the store's [`CommitListener`]: each commit's records go, in id order and as one
 //! message, into one bounded broadcast ring shared by all streams. A record is an `Arc` whose SSE
-//! frame is encoded once and shared. One message per commit, not per record, matters at scale:
-//! every receive touches counters that all subscribers share, so a commit of 20 records cost
-//! each of 10,000 subscribers 20 contended receives. A stream that falls more than
+//! frame is encoded once and shared, and so is the whole commit's: a stream that may read every
+//! record of a commit writes those shared bytes as they are, with no copy and no allocation.
+//! One message per commit, not per record, matters at scale: every receive touches counters
+//! that all subscribers share, so a commit of 20 records cost each of 10,000 subscribers 20
+//! contended receives. A stream that falls more than
 //! the ring's capacity behind learns so from the ring (`Lagged`) and catches up from the store;
 //! nobody waits for it, and it loses nothing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast;
 
+use crate::sse::{self, Format};
 use crate::store::{CommitListener, Record};
 
 /// What travels through the hub.
 #[derive(Debug, Clone)]
 pub enum HubMessage {
-    /// The records of one commit, in id order (never empty).
-    Records(Arc<[Arc<Record>]>),
+    /// The records of one commit.
+    Records(Arc<Commit>),
     /// This user was revoked: their streams must end.
     Revoked(Arc<str>),
     /// An `online-presence` frame for the node-sse-server streams.
     Presence(Bytes),
+    /// The server is shutting down: every stream ends.
+    Shutdown,
 }
 
 /// The broadcast ring and the count of open streams.
@@ -53,6 +58,12 @@ impl Hub {
     /// Ends the open streams of `user`.
     pub fn revoke(&self, user: &str) {
         let _ = self.tx.send(HubMessage::Revoked(Arc::from(user)));
+    }
+
+    /// Ends every open stream. Streams learn it from the ring, in order after the records
+    /// committed before it; one that has lagged past it sees the shutdown flag in its replay.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(HubMessage::Shutdown);
     }
 
     /// Announces the connected client ids (a JSON array) to the node-sse-server streams.
@@ -84,7 +95,70 @@ impl CommitListener for Hub {
             return;
         }
         // No receivers is fine: nobody is listening.
-        let _ = self.tx.send(HubMessage::Records(Arc::from(records)));
+        let _ = self
+            .tx
+            .send(HubMessage::Records(Arc::new(Commit::new(records))));
+    }
+}
+
+/// The records of one commit, in id order (never empty), with their frames joined once per
+/// format for the streams that take them all.
+#[derive(Debug)]
+pub struct Commit {
+    records: Box<[Arc<Record>]>,
+    /// Whether every record is of the first record's channel.
+    one_channel: bool,
+    frames: [OnceLock<Bytes>; 3],
+}
+
+impl Commit {
+    /// A commit of `records` (in id order).
+    pub fn new(records: &[Arc<Record>]) -> Self {
+        let one_channel = records
+            .windows(2)
+            .all(|pair| pair[0].channel == pair[1].channel);
+        Self {
+            records: records.into(),
+            one_channel,
+            frames: Default::default(),
+        }
+    }
+
+    /// The records, in id order.
+    pub fn records(&self) -> &[Arc<Record>] {
+        &self.records
+    }
+
+    /// The channel of every record, when they share one.
+    pub fn channel(&self) -> Option<&str> {
+        self.one_channel
+            .then(|| self.records.first().map(|r| r.channel.as_str()))
+            .flatten()
+    }
+
+    /// The id of the first record (0 for an empty commit).
+    pub fn first_id(&self) -> u64 {
+        self.records.first().map_or(0, |r| r.id)
+    }
+
+    /// Every record's frame in `format`, joined: encoded by the first stream that asks and
+    /// shared by the rest.
+    pub fn frames(&self, format: Format) -> &Bytes {
+        self.frames[format as usize].get_or_init(|| {
+            if let [only] = &*self.records {
+                return sse::record_frame(only, format).clone();
+            }
+            let frames: Vec<&Bytes> = self
+                .records
+                .iter()
+                .map(|r| sse::record_frame(r, format))
+                .collect();
+            let mut joined = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for frame in frames {
+                joined.extend_from_slice(frame);
+            }
+            joined.freeze()
+        })
     }
 }
 
@@ -103,6 +177,47 @@ impl Drop for StreamSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(id: u64, channel: &str) -> Arc<Record> {
+        Arc::new(Record::new(
+            id,
+            channel.to_owned(),
+            "e".to_owned(),
+            id,
+            None,
+            serde_json::value::RawValue::from_string(format!("{id}")).expect("JSON"),
+        ))
+    }
+
+    #[test]
+    fn a_commit_joins_its_frames_once_per_format() {
+        let commit = Commit::new(&[record(1, "a"), record(2, "a")]);
+        assert_eq!(commit.channel(), Some("a"));
+        assert_eq!(commit.first_id(), 1);
+        let joined = commit.frames(Format::Native);
+        let expected = [
+            sse::record_frame(&commit.records()[0], Format::Native).clone(),
+            sse::record_frame(&commit.records()[1], Format::Native).clone(),
+        ]
+        .concat();
+        assert_eq!(&joined[..], &expected[..]);
+        assert_eq!(
+            commit.frames(Format::Native).as_ptr(),
+            joined.as_ptr(),
+            "encoded once, then shared"
+        );
+        assert_ne!(commit.frames(Format::Envelope), joined);
+
+        let mixed = Commit::new(&[record(3, "a"), record(4, "b")]);
+        assert_eq!(mixed.channel(), None);
+        let single = Commit::new(&[record(5, "c")]);
+        assert_eq!(single.channel(), Some("c"));
+        assert_eq!(
+            single.frames(Format::Native).as_ptr(),
+            sse::record_frame(&single.records()[0], Format::Native).as_ptr(),
+            "a commit of one record shares the record's frame"
+        );
+    }
 
     #[test]
     fn slots_are_bounded_and_released() {

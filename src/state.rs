@@ -61,6 +61,8 @@ impl AppState {
     /// Starts shutting down: `/ready` answers 503 and open streams end.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::Release);
+        // The flag first: a stream that subscribes after the hub's message sees the flag.
         self.shutdown.cancel();
+        self.hub.shutdown();
     }
 }

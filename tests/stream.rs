@@ -311,6 +311,74 @@ async fn channels_filter_and_envelope() {
     assert_eq!(next.json()["data"], json!("c2"));
 }
 
+/// A batch is one commit. A stream that may read all of it gets the commit's frames as shared
+/// bytes; a stream that may read part of it gets those records alone. Both in id order, each
+/// exactly once, in either format.
+#[tokio::test]
+async fn batches_reach_whole_and_filtered_streams_alike() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let token = api.user("ada").await;
+    let mut all = api.stream("/events", Some(&token), None).await;
+    let mut some = api
+        .stream("/events?channels=a,c&envelope=true", Some(&token), None)
+        .await;
+    all.until_synced().await;
+    some.until_synced().await;
+    let batch = |items: &[(&str, &str)]| {
+        let events: Vec<_> = items
+            .iter()
+            .map(
+                |(channel, value)| json!({"channelName": channel, "type": "msg", "payload": value}),
+            )
+            .collect();
+        json!({ "events": events })
+    };
+    for items in [
+        &[("a", "a1"), ("b", "b1"), ("c", "c1")][..],
+        &[("a", "a2"), ("a", "a3")],
+        &[("b", "b2")],
+        &[("c", "c2")],
+    ] {
+        let (status, answer) = api.post("/publish", Some(&token), &batch(items)).await;
+        assert!(status.is_success(), "{status} {answer}");
+    }
+    let mut seen_all = Vec::new();
+    for _ in 0..7 {
+        seen_all.push(all.next_event().await);
+    }
+    let values: Vec<_> = seen_all.iter().map(|e| e.json()).collect();
+    assert_eq!(
+        values,
+        ["a1", "b1", "c1", "a2", "a3", "b2", "c2"].map(|v| json!(v))
+    );
+    let ids = ids_of(&seen_all);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order: {ids:?}");
+    let mut seen_some = Vec::new();
+    for _ in 0..5 {
+        seen_some.push(some.next_event().await.json());
+    }
+    let pairs: Vec<_> = seen_some
+        .iter()
+        .map(|e| (e["channel"].clone(), e["data"].clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("a", "a1"),
+            ("c", "c1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("c", "c2")
+        ]
+        .map(|(c, v)| (json!(c), json!(v)))
+    );
+    // Nothing more: the next record after a marker insert is the marker itself.
+    let marker = api.insert(&token, "msg", json!("end"), Some("a")).await;
+    assert_eq!(some.next_event().await.json()["id"], marker["id"]);
+    assert_eq!(all.next_event().await.id.as_deref(), marker["id"].as_str());
+}
+
 #[tokio::test]
 async fn keep_alive_comments_arrive_on_an_idle_stream() {
     let server = Server::start(&["--keepalive", "1"]);
