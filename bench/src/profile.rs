@@ -123,17 +123,21 @@ fn compact_fields(data: &[u8]) -> Option<Fields> {
     })
 }
 
-/// The unsigned decimal at the start of `bytes` and what follows it.
+/// The unsigned decimal at the start of `bytes` (at most 19 digits) and what follows it.
 fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut value = 0u64;
+    let mut digits = 0;
+    for &b in bytes.iter().take(20) {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        digits += 1;
+    }
     if digits == 0 || digits > 19 {
         return None;
     }
-    let (number, rest) = bytes.split_at(digits);
-    let value = number
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    Some((value, rest))
+    Some((value, &bytes[digits..]))
 }
 
 #[cfg(test)]
