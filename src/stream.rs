@@ -561,6 +561,9 @@ impl Gather {
 
     /// Makes room for `additional` more bytes, to be appended one frame at a time.
     fn reserve(&mut self, additional: usize) {
+        if additional == 0 {
+            return;
+        }
         *self = match std::mem::take(self) {
             Self::Empty => Self::Many(BytesMut::with_capacity(additional)),
             Self::One(first) => {
