@@ -6,9 +6,8 @@
 //! record of a commit writes those shared bytes as they are, with no copy and no allocation.
 //! One message per commit, not per record, matters at scale: every receive touches counters
 //! that all subscribers share, so a commit of 20 records cost each of 10,000 subscribers 20
-//! contended receives. A stream that falls more than
-//! the ring's capacity behind learns so from the ring (`Lagged`) and catches up from the store;
-//! nobody waits for it, and it loses nothing.
+//! contended receives. A stream that falls more than the ring's capacity behind learns so from
+//! the ring (`Lagged`) and catches up from the store; nobody waits for it, and it loses nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
