@@ -393,14 +393,6 @@ impl Subscription {
                     self.unreported += records.len() as u64;
                     return None;
                 }
-                // One allocation for what this stream takes, not one per doubling.
-                let mut size = 0;
-                for record in commit.records() {
-                    if record.id > self.cursor && self.admits(&record.channel) {
-                        size += sse::record_frame(record, self.options.format).len();
-                    }
-                }
-                chunk.reserve(size);
                 for record in commit.records() {
                     if record.id > self.cursor {
                         self.cursor = record.id;
@@ -559,31 +551,9 @@ impl Gather {
         };
     }
 
-    /// Makes room for `additional` more bytes, to be appended one frame at a time.
-    fn reserve(&mut self, additional: usize) {
-        if additional == 0 {
-            return;
-        }
-        *self = match std::mem::take(self) {
-            Self::Empty => Self::Many(BytesMut::with_capacity(additional)),
-            Self::One(first) => {
-                let mut buf = BytesMut::with_capacity(first.len() + additional);
-                buf.put(first);
-                Self::Many(buf)
-            }
-            Self::Many(mut buf) => {
-                buf.reserve(additional);
-                Self::Many(buf)
-            }
-        };
-    }
-
+    /// Whether nothing was put ([`Self::put`] keeps no empty bytes).
     fn is_empty(&self) -> bool {
-        match self {
-            Self::Empty => true,
-            Self::One(bytes) => bytes.is_empty(),
-            Self::Many(buf) => buf.is_empty(),
-        }
+        matches!(self, Self::Empty)
     }
 
     fn freeze(self) -> Bytes {
