@@ -16,7 +16,7 @@ rm -rf "$out"
 mkdir -p "$out"
 db=$(mktemp -d)
 port=18500
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$db"' EXIT
+trap 'kill $pid ${bare_pid:-} 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$db"' EXIT
 target/release/broker --host 127.0.0.1 --port $port --db "$db" --max-streams 200000 2>"$out/broker.log" &
 pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.1; done
@@ -29,6 +29,18 @@ run() { # file label, URL, pid, server name, then broker-bench arguments
     echo "!! $label: broker-bench reported lost, duplicated or failed deliveries (see above)"
 }
 broker() { run "$1" "http://127.0.0.1:$port" "$pid" broker "${@:2}"; }
+# The bare reference server (bench/src/bin/broker-bench-bare.rs): the same work on Broker's
+# wire with nothing but blocking writes, to show what this machine allows in the same run.
+# A fresh one per run: it learns that a subscriber left only when a write to it fails.
+bare() {
+  local bare_port=18600
+  target/release/broker-bench-bare --listen 127.0.0.1:$bare_port 2>>"$out/bare.log" &
+  bare_pid=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:$bare_port/health >/dev/null && break; sleep 0.1; done
+  run "bare-$1" "http://127.0.0.1:$bare_port" "$bare_pid" broker-bench-bare "${@:2}"
+  kill $bare_pid
+  wait $bare_pid 2>/dev/null || true
+}
 node_sse() { # only when a node-sse-server is given
   [ -n "${NODE_SSE_URL:-}" ] || return 0
   run "$1" "$NODE_SSE_URL" "${NODE_SSE_PID:?set NODE_SSE_PID too}" node-sse-server --profile node-sse "${@:2}"
@@ -47,6 +59,7 @@ if [ "$suite" = quick ]; then
   broker snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
   broker memory-5000 --subscribers 5000 --memory-step 1000 --publishers 1 --rate 1 --duration 1 --source-addrs 8
   broker node-sse-wire --profile node-sse --subscribers 1000 --publishers 16 --duration 5 --source-addrs 4
+  bare light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   node_sse node-sse-server-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   node_sse node-sse-server-fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
 else
@@ -61,6 +74,12 @@ else
   # then the same rate as batches of 10.
   broker fan-out-10000 --subscribers 10000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
   broker fan-out-10000-batch --subscribers 10000 --publishers 2 --rate 50 --batch 10 --duration 20 --source-addrs 16
+  # The same light loads and fan-outs against the bare reference server, in the same hour.
+  for n in 100 1000 5000 10000; do
+    bare light-load-$n --subscribers $n --publishers 1 --rate 10 --duration 20 --source-addrs 16
+  done
+  bare fan-out-10000 --subscribers 10000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
+  bare fan-out-10000-batch --subscribers 10000 --publishers 2 --rate 50 --batch 10 --duration 20 --source-addrs 16
   # The most each server delivers to 1,000 subscribers: 64 publishers flat out.
   broker fan-out-1000 --subscribers 1000 --publishers 64 --duration 10 --source-addrs 16
   broker durable-inserts --subscribers 1 --publishers 64 --duration 20

@@ -24,15 +24,22 @@ impl Drop for Broker {
 }
 
 fn start_broker(db: &std::path::Path, extra: &[&str]) -> Broker {
-    let mut child = Command::new(broker_bin())
+    let mut command = Command::new(broker_bin());
+    command
         .args(["--host", "127.0.0.1", "--port", "0", "--db"])
         .arg(db)
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    start(command)
+}
+
+/// Starts a server that logs `listening on <url>` to stderr, and waits for that line.
+fn start(mut command: Command) -> Broker {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", broker_bin().display()));
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -44,7 +51,7 @@ fn start_broker(db: &std::path::Path, extra: &[&str]) -> Broker {
     });
     let url = rx
         .recv_timeout(Duration::from_secs(20))
-        .expect("broker listening");
+        .expect("server listening");
     Broker(child, url)
 }
 
@@ -275,4 +282,48 @@ fn the_floor_tool_measures_loopback_writes() {
         "{stdout}"
     );
     assert!(stdout.contains("µs CPU per write (2 thread(s)"), "{stdout}");
+}
+
+#[test]
+fn the_bare_server_serves_the_tool_with_nothing_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_broker-bench-bare"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--journal"])
+        .arg(dir.path().join("journal"));
+    let bare = start(command);
+    for (name, batch) in [("single", "1"), ("batches", "4")] {
+        let json = dir.path().join(format!("{name}.json"));
+        let (stdout, results) = run_bench(
+            &bare,
+            &json,
+            &[
+                "--subscribers",
+                "30",
+                "--publishers",
+                "2",
+                "--batch",
+                batch,
+                "--duration",
+                "1",
+                "--channel",
+                name,
+            ],
+        );
+        assert!(stdout.contains("| lost / duplicated | 0 / 0 |"), "{stdout}");
+        let inserts = results["inserts"].as_u64().expect("inserts");
+        assert!(inserts > 0, "{stdout}");
+        assert_eq!(results["subscribers_synced"].as_u64(), Some(30));
+        assert_eq!(
+            results["deliveries"].as_u64(),
+            Some(inserts * 30),
+            "every subscriber got every event: {stdout}"
+        );
+    }
+    let journal = std::fs::metadata(dir.path().join("journal")).expect("the journal");
+    assert_eq!(
+        journal.len(),
+        64 * 1024 * 1024,
+        "written once in full at start"
+    );
 }
