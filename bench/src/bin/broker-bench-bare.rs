@@ -3,13 +3,15 @@
 //! It answers just enough of Broker's native wire for broker-bench's `broker` profile:
 //! sign-up and login (with a fixed token, checked by no one), `GET /events` (every stream gets
 //! every event: the tool's subscribers share one channel), `POST /insert` and `POST /publish`.
-//! Each publish is made durable before it is answered, as Broker makes it: written into a
-//! journal file whose blocks were allocated at start, then `fdatasync`ed (no file-size change
-//! to commit, as in Broker's preallocated database file), then its frames go out as one chunk to every subscriber
-//! through plain blocking `write()` calls from `--writers` threads, each owning its share of
-//! the subscribers. A writer that finds several publishes waiting sends them in one chunk.
-//! There is no runtime, no task or wake per subscriber, no filter, no keep-alive and no
-//! back-pressure: a subscriber that stops reading stalls its writer.
+//!
+//! A publish is made durable before it is answered, as in Broker: written into a journal file
+//! whose blocks were all written at start (so no allocation or file size has to be committed),
+//! then `fdatasync`ed. After the answer, its frames are appended to an in-memory log. Each of
+//! `--writers` threads owns a share of the subscribers and sweeps them for as long as any is
+//! behind the log, sending each one, with one plain blocking `write()`, a chunk of everything
+//! it has not had yet (built once per starting point and shared). That is Broker's coalescing
+//! without a runtime: no task, wake, channel receive or filter per subscriber, no keep-alive,
+//! no back-pressure (a subscriber that stops reading stalls its writer).
 //!
 //! It is a measuring device, not a server: broker-bench run against it and against Broker on
 //! the same work shows what latency this machine allows with the tool on it, and how much of
@@ -20,7 +22,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -254,7 +255,7 @@ fn write_loop(shared: &Shared, n: usize) {
     }
 }
 
-/// Publishes `from..to` of the log as one HTTP chunk.
+/// The log's publishes `from..to`, joined into one HTTP chunk.
 fn chunk_of(log: &Log, from: usize, to: usize) -> Vec<u8> {
     let Ok(publishes) = log.publishes.lock() else {
         return Vec::new();
