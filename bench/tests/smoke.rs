@@ -88,6 +88,21 @@ fn run_bench(
     (stdout, results)
 }
 
+/// Asserts that all `subscribers` synced and got every published event, none lost or twice;
+/// returns how many events were published.
+fn assert_every_delivery(stdout: &str, results: &serde_json::Value, subscribers: u64) -> u64 {
+    assert!(stdout.contains("| lost / duplicated | 0 / 0 |"), "{stdout}");
+    let inserts = results["inserts"].as_u64().expect("inserts");
+    assert!(inserts > 0, "{stdout}");
+    assert_eq!(results["subscribers_synced"].as_u64(), Some(subscribers));
+    assert_eq!(
+        results["deliveries"].as_u64(),
+        Some(inserts * subscribers),
+        "every subscriber got every event: {stdout}"
+    );
+    inserts
+}
+
 #[test]
 fn the_tool_measures_both_wires_with_nothing_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -112,15 +127,7 @@ fn the_tool_measures_both_wires_with_nothing_lost() {
                 profile,
             ],
         );
-        assert!(stdout.contains("| lost / duplicated | 0 / 0 |"), "{stdout}");
-        let inserts = results["inserts"].as_u64().expect("inserts");
-        assert!(inserts > 0);
-        assert_eq!(
-            results["deliveries"].as_u64(),
-            Some(inserts * 20),
-            "every subscriber got every insert"
-        );
-        assert_eq!(results["subscribers_synced"].as_u64(), Some(20));
+        assert_every_delivery(&stdout, &results, 20);
         assert!(results["delivery_latency"]["count"].as_u64().unwrap_or(0) > 0);
         assert!(
             results["rss_idle_kib"].as_u64().unwrap_or(0) > 0,
@@ -253,14 +260,9 @@ fn worker_processes_and_batch_publish_lose_nothing() {
         ],
     );
     assert!(stdout.contains("over 2 worker processes"), "{stdout}");
-    let inserts = results["inserts"].as_u64().expect("inserts");
-    assert!(
-        inserts > 0 && inserts.is_multiple_of(5),
-        "whole batches: {inserts}"
-    );
+    let inserts = assert_every_delivery(&stdout, &results, 21);
+    assert!(inserts.is_multiple_of(5), "whole batches: {inserts}");
     assert_eq!(results["workers"].as_u64(), Some(2));
-    assert_eq!(results["subscribers_synced"].as_u64(), Some(21));
-    assert_eq!(results["deliveries"].as_u64(), Some(inserts * 21));
     assert_eq!(
         results["delivery_latency"]["count"].as_u64(),
         Some(inserts * 21),
@@ -310,15 +312,7 @@ fn the_bare_server_serves_the_tool_with_nothing_lost() {
                 name,
             ],
         );
-        assert!(stdout.contains("| lost / duplicated | 0 / 0 |"), "{stdout}");
-        let inserts = results["inserts"].as_u64().expect("inserts");
-        assert!(inserts > 0, "{stdout}");
-        assert_eq!(results["subscribers_synced"].as_u64(), Some(30));
-        assert_eq!(
-            results["deliveries"].as_u64(),
-            Some(inserts * 30),
-            "every subscriber got every event: {stdout}"
-        );
+        assert_every_delivery(&stdout, &results, 30);
     }
     let journal = std::fs::metadata(dir.path().join("journal")).expect("the journal");
     assert_eq!(
