@@ -48,7 +48,8 @@ struct Args {
     journal: Option<PathBuf>,
 }
 
-/// Every publish's frames, in commit order. A subscriber's cursor is an index into it.
+/// Every publish's frames, in commit order. A subscriber's cursor is an index into it. It is
+/// never trimmed: a benchmark run lasts seconds.
 #[derive(Default)]
 struct Log {
     publishes: Mutex<Vec<Arc<Vec<u8>>>>,
@@ -232,6 +233,9 @@ fn write_loop(shared: &Shared, n: usize) {
         let Ok(mut subscribers) = shared.writers[n].lock() else {
             return;
         };
+        // Every subscriber is at least this far once the sweep is over (the log only grows);
+        // if the log grew meanwhile, the next sweep sends the rest.
+        swept_to = shared.log.len.load(Ordering::Acquire);
         subscribers.retain_mut(|sub| {
             let end = shared.log.len.load(Ordering::Acquire);
             if sub.cursor >= end {
@@ -247,11 +251,6 @@ fn write_loop(shared: &Shared, n: usize) {
             sub.cursor = end;
             sub.conn.write_all(chunk).is_ok()
         });
-        swept_to = subscribers
-            .iter()
-            .map(|s| s.cursor)
-            .min()
-            .unwrap_or_else(|| shared.log.len.load(Ordering::Acquire));
     }
 }
 
