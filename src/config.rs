@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 
+use crate::client_ip::TrustedProxies;
+
 /// Who may create users with `POST /users`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Signup {
@@ -126,6 +128,13 @@ pub struct Config {
     /// Seconds that shutdown waits for in-flight requests before closing connections.
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
+
+    /// Reverse proxies whose `X-Forwarded-For` names the client (comma-separated IPs or CIDR
+    /// networks). Per-IP limits key on that client address; from anyone else the header is
+    /// ignored.
+    #[arg(long, env = "BROKER_TRUSTED_PROXIES", default_value = "",
+          value_parser = clap::value_parser!(TrustedProxies))]
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {

@@ -10,6 +10,7 @@
 //! - [`server`]: opening an [`App`], serving it (HTTP or TLS), graceful shutdown
 //! - [`api`]: the HTTP endpoints, one module per resource, and the router
 //! - [`auth`]: JWTs, password hashing, permissions, the caller extractor
+//! - [`client_ip`]: the client's address (peer, or `X-Forwarded-For` of a trusted proxy)
 //! - [`store`]: the [`Store`](store::Store) trait and the embedded `redb` store (group commit)
 //! - [`hub`]: live fan-out of committed records to the streams
 //! - [`presence`]: who is connected (node-sse-server's online presence), coalesced announcements
@@ -30,6 +31,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod hub;

@@ -156,7 +156,7 @@ pub async fn serve(
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
     let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()));
     let stream_tasks = streams.streams();
-    let service = ServiceExt::<Request>::into_make_service(routes);
+    let service = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(routes);
     let result = match tls {
         Some(tls) => {
             axum_server::bind_rustls(addr, tls)

@@ -83,9 +83,15 @@ impl<S: Send + 'static> Accept<TcpStream, S> for StreamAcceptor {
         let streams = self.streams.clone();
         Box::pin(async move {
             stream.set_nodelay(true)?;
-            let Some((request, head_len)) = peek_stream_request(&stream).await else {
+            let Some((mut request, head_len)) = peek_stream_request(&stream).await else {
                 return Ok((stream, service));
             };
+            // The general server gives handlers the peer address; so does this path.
+            if let Ok(peer) = stream.peer_addr() {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
             streams.spawn(serve(stream, Box::new(request), head_len, router));
             // Served apart: the general server has nothing left to do with it.
             Err(io::Error::other("event stream served apart"))
