@@ -42,6 +42,12 @@ pub struct Config {
     #[arg(long, env = "BROKER_DB", default_value = "./data")]
     pub db: PathBuf,
 
+    /// Bytes of database pages kept in memory (redb's page cache). Reads of recent records
+    /// (snapshots, replays) come from it; the rest of the file is read from disk.
+    #[arg(long, env = "BROKER_DB_CACHE", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_cache: u64,
+
     /// Allowed CORS origin(s): `*` or a comma-separated list of origins.
     #[arg(long, env = "BROKER_ORIGIN", default_value = "*")]
     pub origin: String,
@@ -114,6 +120,18 @@ pub struct Config {
     #[arg(long, env = "BROKER_STREAM_BUFFER", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub stream_buffer: u64,
+
+    /// Most bytes of live records the shared ring holds for streams that are behind. A stream
+    /// that falls further behind than this is caught up from the store, losing nothing.
+    #[arg(long, env = "BROKER_STREAM_BUFFER_BYTES", default_value_t = 32 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_buffer_bytes: u64,
+
+    /// Seconds a stream may make no write progress (its client reads nothing) before it is
+    /// closed; the client resumes with `Last-Event-ID`, losing nothing.
+    #[arg(long, env = "BROKER_WRITE_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout: u64,
 
     /// Most concurrent event streams; further ones get 503.
     #[arg(long, env = "BROKER_MAX_STREAMS", default_value_t = 100_000,

@@ -8,10 +8,19 @@
 //! that all subscribers share, so a commit of 20 records cost each of 10,000 subscribers 20
 //! contended receives. A stream that falls more than the ring's capacity behind learns so from
 //! the ring (`Lagged`) and catches up from the store; nobody waits for it, and it loses nothing.
+//!
+//! The ring is bounded in bytes too. A ring slot keeps its message until every stream has
+//! taken it, so one stream that stops reading would otherwise pin the whole ring: 4,096
+//! commits of 1 MiB each is 4 GiB. The hub remembers the sizes of the most recent commits, and
+//! once more than `max_bytes` have been published after a commit, it drops that commit's
+//! records ([`Commit::evict`]). The slot keeps only the commit's ids; a stream that reaches an
+//! evicted commit catches up from the store from its cursor, exactly as after `Lagged`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast;
 
@@ -23,7 +32,7 @@ use crate::store::{CommitListener, Record};
 pub enum HubMessage {
     /// The records of one commit.
     Records(Arc<Commit>),
-    /// This user was revoked: their streams must end.
+    /// This user's credentials changed (revoked, password changed): their streams must end.
     Revoked(Arc<str>),
     /// An `online-presence` frame for the node-sse-server streams.
     Presence(Bytes),
@@ -36,16 +45,35 @@ pub struct Hub {
     tx: broadcast::Sender<HubMessage>,
     open_streams: Arc<AtomicU64>,
     max_streams: u64,
+    /// The ring's capacity in messages.
+    capacity: usize,
+    /// Most bytes of records the ring may hold.
+    max_bytes: usize,
+    /// The most recent commits, newest last, for the byte bound.
+    window: Mutex<Window>,
+}
+
+/// The commits that may still sit in ring slots, with their sizes.
+#[derive(Default)]
+struct Window {
+    /// Weak: the window never keeps a commit alive by itself.
+    commits: VecDeque<(Weak<Commit>, usize)>,
+    bytes: usize,
 }
 
 impl Hub {
-    /// A hub whose ring holds `capacity` messages and which admits at most `max_streams` streams.
-    pub fn new(capacity: usize, max_streams: u64) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+    /// A hub whose ring holds `capacity` messages and at most about `max_bytes` of records, and
+    /// which admits at most `max_streams` streams.
+    pub fn new(capacity: usize, max_bytes: usize, max_streams: u64) -> Self {
+        let capacity = capacity.max(1);
+        let (tx, _) = broadcast::channel(capacity);
         Self {
             tx,
             open_streams: Arc::new(AtomicU64::new(0)),
             max_streams,
+            capacity,
+            max_bytes,
+            window: Mutex::new(Window::default()),
         }
     }
 
@@ -86,6 +114,36 @@ impl Hub {
     pub fn open_streams(&self) -> u64 {
         self.open_streams.load(Ordering::Acquire)
     }
+
+    /// Adds `commit` to the window and evicts the records of the commits that the byte bound
+    /// no longer covers. Returns how many were evicted.
+    fn remember(&self, commit: &Arc<Commit>) -> usize {
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        window
+            .commits
+            .push_back((Arc::downgrade(commit), commit.bytes));
+        window.bytes += commit.bytes;
+        let mut evicted = 0;
+        while window.commits.len() > 1
+            && (window.commits.len() > self.capacity || window.bytes > self.max_bytes)
+        {
+            let Some((old, bytes)) = window.commits.pop_front() else {
+                break;
+            };
+            window.bytes -= bytes;
+            // Past the ring's capacity the slot is overwritten already; within it, the
+            // records go and the slot keeps the ids.
+            if let Some(old) = old.upgrade()
+                && old.evict()
+            {
+                evicted += 1;
+            }
+        }
+        evicted
+    }
 }
 
 impl CommitListener for Hub {
@@ -93,26 +151,77 @@ impl CommitListener for Hub {
         if records.is_empty() {
             return;
         }
+        let commit = Arc::new(Commit::new(records));
+        self.remember(&commit);
         // No receivers is fine: nobody is listening.
-        let _ = self
-            .tx
-            .send(HubMessage::Records(Arc::new(Commit::new(records))));
+        let _ = self.tx.send(HubMessage::Records(commit));
+    }
+}
+
+/// One commit as the ring carries it: its ids and size for good, its records until the byte
+/// bound evicts them.
+#[derive(Debug)]
+pub struct Commit {
+    first_id: u64,
+    last_id: u64,
+    bytes: usize,
+    records: ArcSwapOption<CommitRecords>,
+}
+
+/// What [`Commit::load`] gives: the records, or `None` once evicted.
+pub type LoadedRecords = arc_swap::Guard<Option<Arc<CommitRecords>>>;
+
+impl Commit {
+    /// A commit of `records` (in id order).
+    pub fn new(records: &[Arc<Record>]) -> Self {
+        let bytes = records.iter().map(|r| r.size()).sum();
+        Self {
+            first_id: records.first().map_or(0, |r| r.id),
+            last_id: records.last().map_or(0, |r| r.id),
+            bytes,
+            records: ArcSwapOption::from_pointee(CommitRecords::new(records)),
+        }
+    }
+
+    /// The id of the first record (0 for an empty commit).
+    pub fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// The id of the last record (0 for an empty commit).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// About how many bytes the records hold ([`Record::size`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The records, or `None` when the byte bound has evicted them: the reader must then catch
+    /// up from the store.
+    pub fn load(&self) -> LoadedRecords {
+        self.records.load()
+    }
+
+    /// Drops the records (readers holding them keep theirs). Returns whether they were there.
+    pub fn evict(&self) -> bool {
+        self.records.swap(None).is_some()
     }
 }
 
 /// The records of one commit, in id order (never empty), with their frames joined once per
 /// format for the streams that take them all.
 #[derive(Debug)]
-pub struct Commit {
+pub struct CommitRecords {
     records: Box<[Arc<Record>]>,
     /// Whether every record is of the first record's channel.
     one_channel: bool,
     frames: [OnceLock<Bytes>; 3],
 }
 
-impl Commit {
-    /// A commit of `records` (in id order).
-    pub fn new(records: &[Arc<Record>]) -> Self {
+impl CommitRecords {
+    fn new(records: &[Arc<Record>]) -> Self {
         let one_channel = records
             .windows(2)
             .all(|pair| pair[0].channel == pair[1].channel);
@@ -133,11 +242,6 @@ impl Commit {
         self.one_channel
             .then(|| self.records.first().map(|r| r.channel.as_str()))
             .flatten()
-    }
-
-    /// The id of the first record (0 for an empty commit).
-    pub fn first_id(&self) -> u64 {
-        self.records.first().map_or(0, |r| r.id)
     }
 
     /// Every record's frame in `format`, joined: encoded by the first stream that asks and
@@ -190,9 +294,11 @@ mod tests {
 
     #[test]
     fn a_commit_joins_its_frames_once_per_format() {
-        let commit = Commit::new(&[record(1, "a"), record(2, "a")]);
+        let whole = Commit::new(&[record(1, "a"), record(2, "a")]);
+        assert_eq!((whole.first_id(), whole.last_id()), (1, 2));
+        let loaded = whole.load();
+        let commit = loaded.as_deref().expect("records");
         assert_eq!(commit.channel(), Some("a"));
-        assert_eq!(commit.first_id(), 1);
         let joined = commit.frames(Format::Native);
         let expected = [
             sse::record_frame(&commit.records()[0], Format::Native).clone(),
@@ -207,9 +313,9 @@ mod tests {
         );
         assert_ne!(commit.frames(Format::Envelope), joined);
 
-        let mixed = Commit::new(&[record(3, "a"), record(4, "b")]);
+        let mixed = CommitRecords::new(&[record(3, "a"), record(4, "b")]);
         assert_eq!(mixed.channel(), None);
-        let single = Commit::new(&[record(5, "c")]);
+        let single = CommitRecords::new(&[record(5, "c")]);
         assert_eq!(single.channel(), Some("c"));
         assert_eq!(
             single.frames(Format::Native).as_ptr(),
@@ -219,8 +325,54 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        let size = record(1, "a").size();
+        let hub = Hub::new(100, 3 * size, 10);
+        let mut rx = hub.subscribe();
+        for id in 1..=5 {
+            hub.committed(&[record(id, "a")]);
+        }
+        let mut kept = Vec::new();
+        while let Ok(HubMessage::Records(commit)) = rx.try_recv() {
+            kept.push((commit.first_id(), commit.load().is_some()));
+        }
+        assert_eq!(
+            kept,
+            vec![(1, false), (2, false), (3, true), (4, true), (5, true)],
+            "only the newest 3 records' worth is kept; older slots keep just their ids"
+        );
+        // One commit larger than the bound is still published whole.
+        let hub = Hub::new(100, 1, 10);
+        let mut rx = hub.subscribe();
+        hub.committed(&[record(1, "a"), record(2, "a")]);
+        match rx.try_recv() {
+            Ok(HubMessage::Records(commit)) => assert!(commit.load().is_some()),
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_window_does_not_keep_commits_alive() {
+        let hub = Hub::new(100, usize::MAX, 10);
+        let mut rx = hub.subscribe();
+        let record = record(1, "a");
+        hub.committed(std::slice::from_ref(&record));
+        assert_eq!(
+            Arc::strong_count(&record),
+            2,
+            "the test's and the ring slot's"
+        );
+        drop(rx.try_recv().expect("the commit"));
+        assert_eq!(
+            Arc::strong_count(&record),
+            1,
+            "once every receiver has taken it, only the window remembers it, weakly"
+        );
+    }
+
+    #[test]
     fn slots_are_bounded_and_released() {
-        let hub = Hub::new(4, 2);
+        let hub = Hub::new(4, usize::MAX, 2);
         let a = hub.open_stream().expect("first");
         let _b = hub.open_stream().expect("second");
         assert!(hub.open_stream().is_none());

@@ -55,9 +55,14 @@ impl App {
         }
         let hub = Arc::new(Hub::new(
             usize::try_from(config.stream_buffer).unwrap_or(usize::MAX),
+            usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),
             max_streams,
         ));
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.db, hub.clone())?);
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_cache(
+            &config.db,
+            hub.clone(),
+            usize::try_from(config.db_cache).unwrap_or(usize::MAX),
+        )?);
         let secret = match &config.jwt_secret {
             Some(secret) => secret.as_bytes().to_vec(),
             None => jwt::load_or_create_secret(&config.db).map_err(|e| {
@@ -132,6 +137,7 @@ pub async fn serve(
         _ => None,
     };
     let timeout = Duration::from_secs(config.shutdown_timeout);
+    let write_timeout = Duration::from_secs(config.write_timeout);
     let app = App::open(config).await?;
     let router = app.router();
     let handle = Handle::new();
@@ -154,7 +160,8 @@ pub async fn serve(
 
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
-    let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()));
+    let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()))
+        .with_write_timeout(write_timeout);
     let stream_tasks = streams.streams();
     let service = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(routes);
     let result = match tls {

@@ -5,7 +5,13 @@
 //! record whose id is not greater than the last one it has dealt with (its cursor). Whatever
 //! commits while the store is being read is therefore in the hub's ring: nothing is missed and
 //! nothing is sent twice. A stream that falls behind the ring goes back to reading the store from
-//! its cursor, then rejoins the live feed the same way.
+//! its cursor, then rejoins the live feed the same way; so does one that reaches a commit whose
+//! records the hub's byte bound has evicted.
+//!
+//! What a stream holds is bounded in bytes, however slow its client: a snapshot is a list of
+//! ids fetched in pages, a replay reads pages from the store, and one write merges live commits
+//! only up to [`MAX_WRITE`]. A stream that stops reading therefore pins at most about two
+//! commits' frames, which the other streams share anyway.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -20,7 +26,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
-use crate::hub::{Commit, HubMessage, StreamSlot};
+use crate::hub::{CommitRecords, HubMessage, StreamSlot};
 use crate::metrics::Metrics;
 use crate::presence::PresenceGuard;
 use crate::sse::{self, Format};
@@ -31,8 +37,14 @@ use crate::store::{Record, Store};
 const REPLAY_PAGE: usize = 1000;
 /// Records encoded into one chunk of a snapshot.
 const SNAPSHOT_CHUNK: usize = 512;
-/// Live records merged into one write when several are waiting.
+/// Bytes of records read from the store for one write of a snapshot or replay (a single larger
+/// record still goes whole).
+const PAGE_BYTES: usize = 1024 * 1024;
+/// Live commits merged into one write when several are waiting.
 const LIVE_BATCH: usize = 256;
+/// Bytes after which a write takes no more live commits: what is still waiting goes in the
+/// next write.
+pub const MAX_WRITE: usize = 256 * 1024;
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,8 +117,11 @@ pub struct StreamOptions {
 enum Phase {
     Start,
     Initial,
-    Snapshot(std::vec::IntoIter<Arc<Record>>),
-    Replay { announce_synced: bool },
+    /// The ids of the snapshot, and how many of them are done.
+    Snapshot(Vec<u64>, usize),
+    Replay {
+        announce_synced: bool,
+    },
     Live,
     Done,
 }
@@ -147,6 +162,9 @@ pub struct Subscription {
     _slot: StreamSlot,
     /// Presence membership of a node-sse-server client, left when the stream is dropped.
     _presence: Option<PresenceGuard>,
+    /// A large commit's shared frames, taken from the hub after a write was already being
+    /// gathered: they go out as the next write, on their own, rather than copied into it.
+    next_out: Option<Bytes>,
 }
 
 impl Subscription {
@@ -178,6 +196,7 @@ impl Subscription {
             shutdown: state.shutdown.clone(),
             _slot: slot,
             _presence: None,
+            next_out: None,
         }
     }
 
@@ -195,6 +214,9 @@ impl Subscription {
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(out) = self.next_out.take() {
+            return Some(out);
+        }
         loop {
             if !matches!(self.phase, Phase::Live) && self.shutting_down() {
                 self.phase = Phase::Done;
@@ -210,30 +232,51 @@ impl Subscription {
                     Ok(()) => {}
                     Err(e) => return Some(self.fail(&e)),
                 },
-                Phase::Snapshot(mut records) => {
-                    for record in records.by_ref().take(SNAPSHOT_CHUNK) {
-                        self.cursor = self.cursor.max(record.id);
-                        self.send(&record, &mut chunk);
-                    }
-                    if records.len() == 0 {
-                        self.put_synced(&mut chunk);
-                        self.phase = Phase::Live;
-                    } else {
-                        self.phase = Phase::Snapshot(records);
-                    }
-                }
-                Phase::Replay { announce_synced } => {
-                    let page = match self.store.since(self.cursor, REPLAY_PAGE).await {
+                Phase::Snapshot(ids, done) => {
+                    let wanted = ids[done..].iter().take(SNAPSHOT_CHUNK).copied().collect();
+                    let page = match self.store.records(wanted, PAGE_BYTES).await {
                         Ok(page) => page,
                         Err(e) => return Some(self.fail(&e.to_string())),
                     };
+                    // The page is a prefix of the ids asked for (missing ones skipped).
+                    let done = match page.last() {
+                        Some(last) => ids[done..]
+                            .iter()
+                            .position(|&id| id == last.id)
+                            .map_or(ids.len(), |at| done + at + 1),
+                        None => (done + SNAPSHOT_CHUNK).min(ids.len()),
+                    };
+                    for record in &page {
+                        self.cursor = self.cursor.max(record.id);
+                        self.send(record, &mut chunk);
+                    }
+                    if done >= ids.len() {
+                        self.put_synced(&mut chunk);
+                        self.phase = Phase::Live;
+                    } else {
+                        self.phase = Phase::Snapshot(ids, done);
+                    }
+                }
+                Phase::Replay { announce_synced } => {
+                    // The caller must still be allowed: a stream that lagged past a revocation
+                    // notice learns of it here, before any record committed after it.
+                    if let Err(reason) = self.still_authorized().await {
+                        return Some(self.end_after(chunk, reason));
+                    }
+                    let page = match self.store.since(self.cursor, REPLAY_PAGE, PAGE_BYTES).await {
+                        Ok(page) => page,
+                        Err(e) => return Some(self.fail(&e.to_string())),
+                    };
+                    let bytes: usize = page.iter().map(|r| r.size()).sum();
                     for record in &page {
                         self.cursor = record.id;
                         if self.admits(&record.channel) {
                             self.send(record, &mut chunk);
                         }
                     }
-                    if page.len() < REPLAY_PAGE {
+                    let last_page = page.len() < REPLAY_PAGE
+                        && !crate::store::page_full(page.len(), bytes, PAGE_BYTES);
+                    if last_page {
                         if announce_synced {
                             self.put_synced(&mut chunk);
                         }
@@ -295,16 +338,16 @@ impl Subscription {
                 .to_string();
             chunk.put(sse::event(None, "$reset", &data));
         }
-        let records = self
+        let filter = self.options.filter.clone();
+        let ids = self
             .store
-            .latest(self.options.filter.requested())
+            .latest_ids(
+                self.options.filter.requested(),
+                Arc::new(move |channel| filter.allows(channel)),
+            )
             .await
             .map_err(|e| e.to_string())?;
-        let readable: Vec<Arc<Record>> = records
-            .into_iter()
-            .filter(|r| self.options.filter.allows(&r.channel))
-            .collect();
-        self.phase = Phase::Snapshot(readable.into_iter());
+        self.phase = Phase::Snapshot(ids, 0);
         Ok(())
     }
 
@@ -381,19 +424,40 @@ impl Subscription {
     fn accept(&mut self, message: HubMessage, chunk: &mut Gather) -> Option<&'static str> {
         match message {
             HubMessage::Records(commit) => {
-                if commit.first_id() > self.cursor && self.admits_all(&commit) {
-                    // Caught up and allowed every record (the usual case): the commit's
-                    // frames, joined once for every stream, go out as they are.
-                    let records = commit.records();
-                    chunk.put(commit.frames(self.options.format).clone());
-                    if let Some(last) = records.last() {
-                        self.cursor = last.id;
-                        self.last_sent = Some(last.id);
-                    }
-                    self.unreported += records.len() as u64;
+                if commit.last_id() <= self.cursor {
+                    // Already sent from the store (a replay ran ahead of the ring).
                     return None;
                 }
-                for record in commit.records() {
+                let loaded = commit.load();
+                let Some(records) = loaded.as_deref() else {
+                    // Evicted by the hub's byte bound: this stream fell too far behind.
+                    self.lagged();
+                    return None;
+                };
+                if commit.first_id() > self.cursor && self.admits_all(records) {
+                    // Caught up and allowed every record (the usual case): the commit's
+                    // frames, joined once for every stream, go out as they are.
+                    let frames = records.frames(self.options.format).clone();
+                    if chunk.is_empty() || commit.bytes() < MAX_WRITE / 4 {
+                        chunk.put(frames);
+                    } else {
+                        // A large commit after others: its own write, not a copy into this one.
+                        self.next_out = Some(frames);
+                    }
+                    self.cursor = commit.last_id();
+                    self.last_sent = Some(commit.last_id());
+                    self.unreported += records.records().len() as u64;
+                    return None;
+                }
+                if commit.bytes() > MAX_WRITE {
+                    // Some records of a large commit: copying them would be a large private
+                    // buffer; the store pages them instead.
+                    self.phase = Phase::Replay {
+                        announce_synced: false,
+                    };
+                    return None;
+                }
+                for record in records.records() {
                     if record.id > self.cursor {
                         self.cursor = record.id;
                         if self.admits(&record.channel) {
@@ -423,6 +487,9 @@ impl Subscription {
     /// Merges whatever else is already waiting into the same write.
     fn drain(&mut self, chunk: &mut Gather) {
         for _ in 0..LIVE_BATCH {
+            if chunk.len() >= MAX_WRITE || self.next_out.is_some() {
+                return;
+            }
             match self.rx.try_recv() {
                 Ok(message) => {
                     if let Some(reason) = self.accept(message, chunk) {
@@ -450,8 +517,22 @@ impl Subscription {
         };
     }
 
+    /// Whether the caller may still read: their account exists and is not revoked. Checked
+    /// before every page of a catch-up from the store, since a stream that lagged may have
+    /// missed the hub's notice.
+    async fn still_authorized(&self) -> Result<(), &'static str> {
+        let Some(name) = self.options.filter.caller.user.as_deref() else {
+            return Ok(());
+        };
+        match self.store.user(name).await {
+            Ok(Some(user)) if !user.revoked => Ok(()),
+            Ok(_) => Err("user revoked"),
+            Err(_) => Err("internal error"),
+        }
+    }
+
     /// Whether every record of `commit` goes to this stream.
-    fn admits_all(&mut self, commit: &Commit) -> bool {
+    fn admits_all(&mut self, commit: &CommitRecords) -> bool {
         match commit.channel() {
             Some(channel) => self.admits(channel),
             None => commit.records().iter().all(|r| self.admits(&r.channel)),
@@ -554,6 +635,15 @@ impl Gather {
     /// Whether nothing was put ([`Self::put`] keeps no empty bytes).
     fn is_empty(&self) -> bool {
         matches!(self, Self::Empty)
+    }
+
+    /// Bytes put so far.
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(bytes) => bytes.len(),
+            Self::Many(buf) => buf.len(),
+        }
     }
 
     fn freeze(self) -> Bytes {

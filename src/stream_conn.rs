@@ -39,6 +39,9 @@ const MAX_HEADERS: usize = 48;
 /// How long a new connection may take to send its first bytes before the general server
 /// (with its own timeouts) takes it over.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stream's write may wait for its client before the connection is closed, unless
+/// configured otherwise.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Routes served here (after the trailing slash is trimmed, as the router does).
 const STREAM_PATHS: [&str; 3] = ["/events", "/sse", "/subscribe"];
 
@@ -56,6 +59,7 @@ pub type Service =
 pub struct StreamAcceptor {
     service: Service,
     streams: TaskTracker,
+    write_timeout: Duration,
 }
 
 impl StreamAcceptor {
@@ -64,7 +68,14 @@ impl StreamAcceptor {
         Self {
             service,
             streams: TaskTracker::new(),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
+    }
+
+    /// Closes a stream whose client takes none of its bytes for `timeout` (`--write-timeout`).
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
     }
 
     /// The tasks serving streams, to wait for at shutdown.
@@ -81,6 +92,7 @@ impl<S: Send + 'static> Accept<TcpStream, S> for StreamAcceptor {
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let router = self.service.clone();
         let streams = self.streams.clone();
+        let write_timeout = self.write_timeout;
         Box::pin(async move {
             stream.set_nodelay(true)?;
             let Some((mut request, head_len)) = peek_stream_request(&stream).await else {
@@ -92,7 +104,13 @@ impl<S: Send + 'static> Accept<TcpStream, S> for StreamAcceptor {
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
             }
-            streams.spawn(serve(stream, Box::new(request), head_len, router));
+            streams.spawn(serve(
+                stream,
+                Box::new(request),
+                head_len,
+                router,
+                write_timeout,
+            ));
             // Served apart: the general server has nothing left to do with it.
             Err(io::Error::other("event stream served apart"))
         })
@@ -164,7 +182,13 @@ fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
 ///
 /// While the response streams, this future holds only the socket and a [`BodyWriter`]: the
 /// request, the router's future and the response head live in a box that is gone by then.
-async fn serve(mut stream: TcpStream, request: Box<Request>, head_len: usize, router: Service) {
+async fn serve(
+    mut stream: TcpStream,
+    request: Box<Request>,
+    head_len: usize,
+    router: Service,
+    write_timeout: Duration,
+) {
     let started = Box::pin(async {
         let mut head = vec![0u8; head_len];
         stream.read_exact(&mut head).await.ok()?;
@@ -181,7 +205,7 @@ async fn serve(mut stream: TcpStream, request: Box<Request>, head_len: usize, ro
     let Some((body, chunked)) = started else {
         return;
     };
-    if let Err(e) = BodyWriter::new(&mut stream, body, chunked).await {
+    if let Err(e) = BodyWriter::new(&mut stream, body, chunked, write_timeout).await {
         tracing::debug!(error = %e, "event stream connection ended");
     }
 }
@@ -209,7 +233,7 @@ where
 {
     let (head, body, chunked) = response_parts(response, version);
     io.write_all(&head).await?;
-    BodyWriter::new(io, body, chunked).await
+    BodyWriter::new(io, body, chunked, DEFAULT_WRITE_TIMEOUT).await
 }
 
 /// Reads a client may make while its stream is idle before the writer yields.
@@ -234,10 +258,16 @@ struct BodyWriter<'a, IO> {
     crlf_left: u8,
     /// The body has ended (and its terminator is queued when chunked).
     ended: bool,
+    /// How long a write may make no progress.
+    write_timeout: Duration,
+    /// Armed while a write waits for the client to take bytes: a client that takes none for
+    /// `write_timeout` is cut off, and resumes with `Last-Event-ID`. Boxed and only while
+    /// waiting, so an idle stream pays one pointer for it.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<'a, IO: AsyncRead + AsyncWrite + Unpin> BodyWriter<'a, IO> {
-    fn new(io: &'a mut IO, body: Body, chunked: bool) -> Self {
+    fn new(io: &'a mut IO, body: Body, chunked: bool, write_timeout: Duration) -> Self {
         Self {
             io,
             body,
@@ -248,6 +278,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> BodyWriter<'a, IO> {
             data: Bytes::new(),
             crlf_left: 0,
             ended: false,
+            write_timeout,
+            stall: None,
         }
     }
 
@@ -319,9 +351,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for BodyWriter<'_, IO> {
                 ];
                 match Pin::new(&mut *this.io).poll_write_vectored(cx, &slices) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => this.advance(n),
+                    Poll::Ready(Ok(n)) => {
+                        this.advance(n);
+                        this.stall = None;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        let timeout = this.write_timeout;
+                        let stall = this
+                            .stall
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        if stall.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the client took no bytes for the write timeout",
+                            )));
+                        }
+                        return Poll::Pending;
+                    }
                 }
                 continue;
             }
@@ -491,6 +538,32 @@ mod tests {
         assert!(out.contains("content-length: 1\r\n"), "{out}");
         assert!(!out.contains("chunked"), "{out}");
         assert!(out.ends_with("connection: close\r\n\r\nx"), "{out}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_cut_off_after_the_write_timeout() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        // An endless body, like a busy stream.
+        let body = Body::from_stream(futures_util::stream::repeat_with(|| {
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(&[b'x'; 512]))
+        }));
+        let response = Response::new(body);
+        let (head, body, chunked) = response_parts(response, Version::HTTP_11);
+        let (mut client_read, _client_write) = tokio::io::split(client);
+        let mut first = [0u8; 12];
+        let writer = tokio::spawn(async move {
+            server.write_all(&head).await?;
+            BodyWriter::new(&mut server, body, chunked, Duration::from_secs(30)).await
+        });
+        client_read.read_exact(&mut first).await.expect("head");
+        // The client stops reading; the paused clock jumps to the timeout.
+        let started = tokio::time::Instant::now();
+        let err = writer
+            .await
+            .expect("no panic")
+            .expect_err("a stalled client is cut off");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(30));
     }
 
     #[tokio::test]

@@ -1,44 +1,36 @@
 //! `GET /audit/{event}` (every version as one object) and `GET /history/{event}` (paginated).
 
-use axum::Json;
-use axum::extract::State;
-
-use super::extract::{Path, Query};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::extract::{Path, Query};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::names;
 use crate::state::AppState;
-use crate::store::Record;
+use crate::store::{Record, Store, page_full};
 
 /// Largest page of `/history`.
 const MAX_HISTORY_LIMIT: usize = 1000;
+/// Versions read from the store per page of `/audit`.
+const AUDIT_PAGE: usize = 1000;
+/// Bytes of versions read per page of `/audit` and at most in one page of `/history` (a
+/// single larger version still comes whole).
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Query of `/audit`.
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     /// Channel (default `default`).
     pub channel: Option<String>,
-}
-
-/// Every version of an event, oldest first, keyed `{event}_v_{timestamp}`.
-pub struct AuditLog(Vec<Arc<Record>>);
-
-impl Serialize for AuditLog {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for record in &self.0 {
-            map.serialize_entry(
-                &format!("{}_v_{}", record.event, record.timestamp),
-                &*record.data,
-            )?;
-        }
-        map.end()
-    }
 }
 
 fn channel_for(caller: &Caller, channel: Option<String>) -> Result<String, ApiError> {
@@ -48,24 +40,85 @@ fn channel_for(caller: &Caller, channel: Option<String>) -> Result<String, ApiEr
     Ok(channel)
 }
 
-/// `GET /audit/{event}`.
+/// `GET /audit/{event}`: every version as one JSON object, oldest first, keyed
+/// `{event}_v_{timestamp}`. The object is streamed a page of versions at a time, so an event
+/// with a long history never sits in memory whole.
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,
     Path(event): Path<String>,
     Query(query): Query<AuditQuery>,
-) -> Result<Json<AuditLog>, ApiError> {
+) -> Result<Response, ApiError> {
     let channel = channel_for(&caller, query.channel)?;
-    let versions = state
+    let first = state
         .store
-        .versions(&channel, &event, 0, usize::MAX)
+        .versions(&channel, &event, 0, AUDIT_PAGE, PAGE_BYTES)
         .await?;
-    if versions.is_empty() {
+    if first.is_empty() {
         return Err(ApiError::not_found(format!(
             "no event '{event}' in channel '{channel}'"
         )));
     }
-    Ok(Json(AuditLog(versions)))
+    let pages = AuditPages {
+        store: state.store.clone(),
+        channel,
+        event,
+        next: Some(first),
+        opened: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(pages, AuditPages::next_chunk));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The audit object being written: the page in hand, then the ones after it.
+struct AuditPages {
+    store: Arc<dyn Store>,
+    channel: String,
+    event: String,
+    /// The page to write next; `None` once the closing brace is written.
+    next: Option<Vec<Arc<Record>>>,
+    /// Whether the opening brace (and so at least one entry) is written.
+    opened: bool,
+}
+
+impl AuditPages {
+    /// The next piece of the JSON object, reading the page after it meanwhile.
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+        let page = self.next.take()?;
+        let mut out = Vec::with_capacity(page.iter().map(|r| r.size()).sum::<usize>() + 2);
+        for record in &page {
+            out.push(if self.opened { b',' } else { b'{' });
+            self.opened = true;
+            let key = format!("{}_v_{}", record.event, record.timestamp);
+            if let Err(e) = serde_json::to_writer(&mut out, &key) {
+                return Some((Err(std::io::Error::other(e)), self));
+            }
+            out.push(b':');
+            out.extend_from_slice(record.data.get().as_bytes());
+        }
+        let bytes: usize = page.iter().map(|r| r.size()).sum();
+        let last = page.len() < AUDIT_PAGE && !page_full(page.len(), bytes, PAGE_BYTES);
+        match page.last() {
+            Some(record) if !last => {
+                let after = record.id;
+                match self
+                    .store
+                    .versions(&self.channel, &self.event, after, AUDIT_PAGE, PAGE_BYTES)
+                    .await
+                {
+                    Ok(next) => self.next = Some(next),
+                    Err(e) => {
+                        // The status is sent already: cut the body so the client sees an
+                        // incomplete object, never a complete-looking wrong one.
+                        tracing::error!(error = %e, "audit log read failed");
+                        return Some((Err(std::io::Error::other(e)), self));
+                    }
+                }
+            }
+            _ => out.push(b'}'),
+        }
+        Some((Ok(Bytes::from(out)), self))
+    }
 }
 
 /// Query of `/history`.
@@ -125,9 +178,11 @@ pub async fn history(
     };
     let mut versions = state
         .store
-        .versions(&channel, &event, after, limit + 1)
+        .versions(&channel, &event, after, limit + 1, PAGE_BYTES)
         .await?;
-    let more = versions.len() > limit;
+    let bytes: usize = versions.iter().map(|r| r.size()).sum();
+    // A page the byte bound cut short has more after it (or an empty page, at worst).
+    let more = versions.len() > limit || page_full(versions.len(), bytes, PAGE_BYTES);
     versions.truncate(limit);
     let next = if more {
         versions.last().map(|r| r.id.to_string())

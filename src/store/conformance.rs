@@ -75,6 +75,8 @@ pub async fn run_all<G>(make: impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store
     latest_holds_only_the_newest_version(&make).await;
     since_pages_through_everything(&make).await;
     versions_are_oldest_first_and_paginate(&make).await;
+    pages_stop_at_their_byte_bound(&make).await;
+    latest_ids_are_one_cut_in_id_order(&make).await;
     batches_are_atomic_and_contiguous(&make).await;
     concurrent_appends_are_all_kept(&make).await;
     users_are_created_once(&make).await;
@@ -181,7 +183,7 @@ async fn since_pages_through_everything<G>(
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
-        let page = store.since(after, 10).await.expect("since");
+        let page = store.since(after, 10, usize::MAX).await.expect("since");
         if page.is_empty() {
             break;
         }
@@ -196,7 +198,7 @@ async fn since_pages_through_everything<G>(
     );
     assert!(
         store
-            .since(u64::MAX, 10)
+            .since(u64::MAX, 10, usize::MAX)
             .await
             .expect("since max")
             .is_empty()
@@ -222,21 +224,94 @@ async fn versions_are_oldest_first_and_paginate<G>(
             .await
             .expect("append");
     }
-    let all = store.versions("c", "v", 0, 100).await.expect("versions");
+    let all = store
+        .versions("c", "v", 0, 100, usize::MAX)
+        .await
+        .expect("versions");
     let data: Vec<&str> = all.iter().map(|r| r.data.get()).collect();
     assert_eq!(data, vec!["0", "1", "2", "3", "4", "5", "6"]);
-    let page = store.versions("c", "v", all[2].id, 2).await.expect("page");
+    let page = store
+        .versions("c", "v", all[2].id, 2, usize::MAX)
+        .await
+        .expect("page");
     assert_eq!(
         page.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![all[3].id, all[4].id]
     );
     assert!(
         store
-            .versions("c", "missing", 0, 100)
+            .versions("c", "missing", 0, 100, usize::MAX)
             .await
             .expect("none")
             .is_empty()
     );
+    store.close().await;
+}
+
+async fn pages_stop_at_their_byte_bound<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
+    let (store, _guard) = make(Arc::new(Recorder::default()));
+    let big = format!("\"{}\"", "x".repeat(1000));
+    let written = store
+        .append((0..10).map(|_| new_record("c", "e", &big)).collect())
+        .await
+        .expect("append");
+    let size = written[0].size();
+    let page = store.since(0, 100, 3 * size).await.expect("since");
+    assert_eq!(page.len(), 3, "a page stops once it holds the bound");
+    let one = store.since(0, 100, 1).await.expect("since");
+    assert_eq!(one.len(), 1, "a record larger than the bound still moves");
+    let versions = store.versions("c", "e", 0, 100, 2 * size).await.expect("v");
+    assert_eq!(versions.len(), 2);
+    let ids: Vec<u64> = written.iter().map(|r| r.id).collect();
+    let fetched = store.records(ids.clone(), 4 * size).await.expect("records");
+    assert_eq!(
+        fetched.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids[..4].to_vec(),
+        "records come in the order asked, a prefix within the bound"
+    );
+    let all = store.records(ids.clone(), usize::MAX).await.expect("all");
+    assert_eq!(all.len(), 10);
+    store.close().await;
+}
+
+async fn latest_ids_are_one_cut_in_id_order<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
+    let (store, _guard) = make(Arc::new(Recorder::default()));
+    let mut last = std::collections::HashMap::new();
+    for (channel, event, data) in [
+        ("b", "x", "1"),
+        ("a", "y", "2"),
+        ("b", "x", "3"),
+        ("c", "z", "4"),
+        ("a", "w", "5"),
+    ] {
+        let r = store
+            .append(vec![new_record(channel, event, data)])
+            .await
+            .expect("append");
+        last.insert((channel, event), r[0].id);
+    }
+    let everything: super::ChannelPredicate = Arc::new(|_| true);
+    let ids = store
+        .latest_ids(None, everything.clone())
+        .await
+        .expect("ids");
+    let mut expected: Vec<u64> = last.values().copied().collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "one id per (channel, event), in id order");
+    let not_b: super::ChannelPredicate = Arc::new(|c| c != "b");
+    let ids = store.latest_ids(None, not_b).await.expect("ids");
+    assert_eq!(ids.len(), 3, "the predicate filters channels");
+    let only_ab = store
+        .latest_ids(Some(vec!["b".into(), "a".into()]), everything)
+        .await
+        .expect("ids");
+    let mut ab = vec![last[&("b", "x")], last[&("a", "y")], last[&("a", "w")]];
+    ab.sort_unstable();
+    assert_eq!(only_ab, ab);
     store.close().await;
 }
 
@@ -298,7 +373,10 @@ async fn concurrent_appends_are_all_kept<G>(
     assert_eq!(all.len(), 400, "no id handed out twice");
     let reported = recorder.ids_once(all.len()).await;
     assert_eq!(reported, all, "listener saw all of them in id order");
-    assert_eq!(store.since(0, 1000).await.expect("since").len(), 400);
+    assert_eq!(
+        store.since(0, 1000, usize::MAX).await.expect("since").len(),
+        400
+    );
     store.close().await;
 }
 

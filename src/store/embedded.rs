@@ -22,7 +22,10 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{CommitListener, NewRecord, Record, Store, StoreError, User, now_micros};
+use super::{
+    ChannelPredicate, CommitListener, NewRecord, Record, Store, StoreError, User, now_micros,
+    page_full,
+};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const LATEST: TableDefinition<(&str, &str), u64> = TableDefinition::new("latest");
@@ -31,6 +34,10 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// Most queued operations that share one commit.
 const MAX_OPS_PER_COMMIT: usize = 4096;
+
+/// The page cache of a database opened without a size: redb's own default is 1 GiB, which
+/// a client inserting large events could fill, all of it resident.
+pub const DEFAULT_CACHE: usize = 64 * 1024 * 1024;
 
 /// File name of the database inside the `--db` directory.
 pub const DB_FILE: &str = "broker.redb";
@@ -76,6 +83,18 @@ impl EmbeddedStore {
     /// # Errors
     /// When the directory cannot be created, the file is locked by another process, or is corrupt.
     pub fn open(dir: &Path, listener: Arc<dyn CommitListener>) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, listener, DEFAULT_CACHE)
+    }
+
+    /// Opens the database like [`EmbeddedStore::open`], with a page cache of `cache_bytes`.
+    ///
+    /// # Errors
+    /// As [`EmbeddedStore::open`].
+    pub fn open_with_cache(
+        dir: &Path,
+        listener: Arc<dyn CommitListener>,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create database directory {}: {e}",
@@ -83,15 +102,18 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                "database {} is already in use by another process",
-                path.display()
-            )),
-            other => {
-                StoreError::Backend(format!("cannot open database {}: {other}", path.display()))
-            }
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                    "database {} is already in use by another process",
+                    path.display()
+                )),
+                other => {
+                    StoreError::Backend(format!("cannot open database {}: {other}", path.display()))
+                }
+            })?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(RECORDS).map_err(backend)?;
@@ -235,16 +257,100 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn since(&self, after: u64, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+    async fn latest_ids(
+        &self,
+        channels: Option<Vec<String>>,
+        readable: ChannelPredicate,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let latest = txn.open_table(LATEST).map_err(backend)?;
+            let mut ids = Vec::new();
+            // Keys are sorted by channel: the permission check runs once per channel.
+            let mut last: Option<(String, bool)> = None;
+            let mut take = |channel: &str, id: u64| {
+                let allowed = match &last {
+                    Some((name, allowed)) if name == channel => *allowed,
+                    _ => {
+                        let allowed = readable(channel);
+                        last = Some((channel.to_owned(), allowed));
+                        allowed
+                    }
+                };
+                if allowed {
+                    ids.push(id);
+                }
+            };
+            match channels {
+                None => {
+                    for entry in latest.iter().map_err(backend)? {
+                        let (key, id) = entry.map_err(backend)?;
+                        take(key.value().0, id.value());
+                    }
+                }
+                Some(channels) => {
+                    for channel in &channels {
+                        for entry in latest.range((channel.as_str(), "")..).map_err(backend)? {
+                            let (key, id) = entry.map_err(backend)?;
+                            if key.value().0 != channel.as_str() {
+                                break;
+                            }
+                            take(channel, id.value());
+                        }
+                    }
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn records(
+        &self,
+        ids: Vec<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let records = txn.open_table(RECORDS).map_err(backend)?;
+            let (mut out, mut bytes) = (Vec::new(), 0);
+            for id in ids {
+                if page_full(out.len(), bytes, max_bytes) {
+                    break;
+                }
+                if let Some(guard) = records.get(id).map_err(backend)? {
+                    let record = decode_record(guard.value())?;
+                    bytes += record.size();
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn since(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
             let Some(start) = after.checked_add(1) else {
                 return Ok(Vec::new());
             };
-            let mut out = Vec::new();
+            let (mut out, mut bytes) = (Vec::new(), 0);
             for entry in records.range(start..).map_err(backend)?.take(limit) {
-                out.push(decode_record(entry.map_err(backend)?.1.value())?);
+                if page_full(out.len(), bytes, max_bytes) {
+                    break;
+                }
+                let record = decode_record(entry.map_err(backend)?.1.value())?;
+                bytes += record.size();
+                out.push(record);
             }
             Ok(out)
         })
@@ -257,6 +363,7 @@ impl Store for EmbeddedStore {
         event: &str,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Arc<Record>>, StoreError> {
         let (channel, event) = (channel.to_owned(), event.to_owned());
         self.read(move |db| {
@@ -268,10 +375,15 @@ impl Store for EmbeddedStore {
             };
             let range = (channel.as_str(), event.as_str(), start)
                 ..=(channel.as_str(), event.as_str(), u64::MAX);
-            let mut out = Vec::new();
+            let (mut out, mut bytes) = (Vec::new(), 0);
             for entry in versions.range(range).map_err(backend)?.take(limit) {
+                if page_full(out.len(), bytes, max_bytes) {
+                    break;
+                }
                 let id = entry.map_err(backend)?.0.value().2;
-                out.push(get_record(&records, id)?);
+                let record = get_record(&records, id)?;
+                bytes += record.size();
+                out.push(record);
             }
             Ok(out)
         })
@@ -592,7 +704,7 @@ mod tests {
         assert!(second[0].timestamp > first[0].timestamp);
         assert_eq!(
             store
-                .versions("c", "e", 0, 10)
+                .versions("c", "e", 0, 10, usize::MAX)
                 .await
                 .expect("versions")
                 .len(),

@@ -43,6 +43,12 @@ pub struct Record {
 }
 
 impl Record {
+    /// Roughly how many bytes the record holds in memory (its data, names and fixed fields):
+    /// what byte-bounded pages and the hub's live window count.
+    pub fn size(&self) -> usize {
+        self.data.get().len() + self.channel.len() + self.event.len() + RECORD_OVERHEAD
+    }
+
     /// A record as a store builds it after assigning id and timestamp.
     pub fn new(
         id: u64,
@@ -62,6 +68,18 @@ impl Record {
             frames: Default::default(),
         }
     }
+}
+
+/// Bytes counted for a record beyond its data and names (id, timestamp, user, allocations).
+const RECORD_OVERHEAD: usize = 128;
+
+/// Which channels a read may return, as a caller's permissions decide.
+pub type ChannelPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Whether a page that holds `bytes` already is full: pages stop once they reach `max_bytes`,
+/// but always hold at least one record, so that a record larger than the bound still moves.
+pub fn page_full(records: usize, bytes: usize, max_bytes: usize) -> bool {
+    records > 0 && bytes >= max_bytes
 }
 
 /// An event to append: the store assigns its id and timestamp.
@@ -148,16 +166,42 @@ pub trait Store: Send + Sync + 'static {
         event: &str,
     ) -> Result<Option<Arc<Record>>, StoreError>;
 
-    /// Up to `limit` records with an id greater than `after`, in id order, every channel.
-    async fn since(&self, after: u64, limit: usize) -> Result<Vec<Arc<Record>>, StoreError>;
+    /// Ids of the latest version of every (channel, event) whose channel is in `channels` (when
+    /// given) and passes `readable`, in id order, as of one point in time. Ids rather than
+    /// records, so that a snapshot of many events costs 8 bytes each until it is sent, page by
+    /// page, with [`Store::records`].
+    async fn latest_ids(
+        &self,
+        channels: Option<Vec<String>>,
+        readable: ChannelPredicate,
+    ) -> Result<Vec<u64>, StoreError>;
 
-    /// Up to `limit` versions of one (channel, event) with an id greater than `after`, oldest first.
+    /// The records with these ids, in the order given, stopping once the page holds `max_bytes`
+    /// ([`page_full`]): a prefix of `ids`. Ids that name no record are skipped.
+    async fn records(
+        &self,
+        ids: Vec<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError>;
+
+    /// Up to `limit` records with an id greater than `after`, in id order, every channel, and
+    /// no more than `max_bytes` ([`page_full`]).
+    async fn since(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError>;
+
+    /// Up to `limit` versions of one (channel, event) with an id greater than `after`, oldest
+    /// first, and no more than `max_bytes` ([`page_full`]).
     async fn versions(
         &self,
         channel: &str,
         event: &str,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Arc<Record>>, StoreError>;
 
     /// Creates a user; [`StoreError::Conflict`] when the name is taken.
