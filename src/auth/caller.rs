@@ -17,6 +17,9 @@ pub struct Caller {
     pub grants: Grants,
     /// When the credentials expire (Unix seconds), for tokens.
     pub expires_at: Option<u64>,
+    /// The user's token generation when the credentials were checked (`None` when anonymous):
+    /// a password change or an `--admin` reset moves past it.
+    pub generation: Option<u64>,
 }
 
 impl Caller {
@@ -26,6 +29,7 @@ impl Caller {
             user: None,
             grants: Grants::all(),
             expires_at: None,
+            generation: None,
         }
     }
 
@@ -39,6 +43,7 @@ impl Caller {
                 write: user.write.clone(),
             },
             expires_at,
+            generation: Some(user.token_generation),
         }
     }
 

@@ -273,6 +273,29 @@ impl Auth {
         Ok(user)
     }
 
+    /// Whether `caller`'s credentials still hold: the user exists, is not revoked, and is at
+    /// the token generation the credentials were checked at (no password change or `--admin`
+    /// reset since). For long-lived requests (streams) that check again later; the anonymous
+    /// caller always holds.
+    ///
+    /// # Errors
+    /// 401 saying why the credentials no longer hold; a store failure.
+    pub async fn recheck(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(username) = caller.user.as_deref() else {
+            return Ok(());
+        };
+        let user = self.active_user(username).await?;
+        if caller
+            .generation
+            .is_some_and(|g| g != user.token_generation)
+        {
+            return Err(ApiError::unauthorized(
+                "credentials revoked: the password was changed",
+            ));
+        }
+        Ok(())
+    }
+
     /// Forgets `username`'s remembered Basic credentials (after a revocation).
     pub fn forget(&self, username: &str) {
         self.basic_cache.forget(username);
@@ -311,5 +334,49 @@ impl Auth {
         self.store.put_user(user).await?;
         self.basic_cache.forget(username);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn recheck_follows_password_changes_and_revocation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Arc::new(crate::hub::Hub::new(16, 16));
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), hub).expect("store"));
+        let config = Config::try_parse_from(["broker"]).expect("config");
+        let auth = Auth::new(&config, b"0123456789abcdef0123456789abcdef", store.clone());
+        let mut ada = User {
+            username: "ada".into(),
+            password_hash: "$argon2id$not-a-real-hash".into(),
+            admin: false,
+            read: vec![],
+            write: vec![],
+            created_at: 0,
+            revoked: false,
+            token_generation: 0,
+        };
+        store.put_user(ada.clone()).await.expect("put");
+        let before = Caller::user(&ada, None);
+        assert!(auth.recheck(&before).await.is_ok());
+        assert!(auth.recheck(&Caller::anonymous()).await.is_ok());
+
+        ada = auth
+            .change_password("ada", "a new password".into())
+            .await
+            .expect("change");
+        assert_eq!(ada.token_generation, 1);
+        assert!(auth.recheck(&before).await.is_err(), "older credentials");
+        let after = Caller::user(&ada, None);
+        assert!(auth.recheck(&after).await.is_ok());
+
+        ada.revoked = true;
+        store.put_user(ada).await.expect("put");
+        assert!(auth.recheck(&after).await.is_err(), "revoked");
+        store.close().await;
     }
 }
