@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 
+use crate::auth::cookie::SameSite;
 use crate::client_ip::TrustedProxies;
 
 /// Who may create users with `POST /users`.
@@ -153,6 +154,44 @@ pub struct Config {
     #[arg(long, env = "BROKER_TRUSTED_PROXIES", default_value = "",
           value_parser = clap::value_parser!(TrustedProxies))]
     pub trusted_proxies: TrustedProxies,
+
+    /// Failed logins one client address may make within `--login-window` before its attempts
+    /// get 429 (0: no limit).
+    #[arg(long, env = "BROKER_LOGIN_FAILURES_PER_IP", default_value_t = 30)]
+    pub login_failures_per_ip: u32,
+
+    /// Failed logins for one username, from addresses that have not signed in as that user in
+    /// the last 7 days, within `--login-window` before such attempts get 429 (0: no limit).
+    #[arg(long, env = "BROKER_LOGIN_FAILURES_PER_USER", default_value_t = 10)]
+    pub login_failures_per_user: u32,
+
+    /// Seconds a failed login counts against its address and username; also the longest a
+    /// lockout lasts.
+    #[arg(long, env = "BROKER_LOGIN_WINDOW", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_window: u64,
+
+    /// Seconds verified `Authorization: Basic` credentials are remembered, so a polling client
+    /// costs one password check per period (0: check every request).
+    #[arg(long, env = "BROKER_BASIC_CACHE_TTL", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub basic_cache_ttl: u64,
+
+    /// `SameSite` attribute of the login cookie: `strict`, `lax` or `none` (`none` needs
+    /// `Secure`).
+    #[arg(
+        long,
+        env = "BROKER_COOKIE_SAMESITE",
+        value_enum,
+        default_value = "lax"
+    )]
+    pub cookie_samesite: SameSite,
+
+    /// Mark the login cookie `Secure` (HTTPS only). Default: on when serving TLS; set it behind
+    /// a TLS-terminating proxy.
+    #[arg(long, env = "BROKER_COOKIE_SECURE", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub cookie_secure: Option<bool>,
 }
 
 impl Config {
@@ -167,6 +206,11 @@ impl Config {
     /// Whether TLS is served.
     pub fn tls_enabled(&self) -> bool {
         self.secure || (self.tls_cert.is_some() && self.tls_key.is_some())
+    }
+
+    /// Whether the login cookie is marked `Secure`: `--cookie-secure`, else whether TLS is served.
+    pub fn cookie_secure(&self) -> bool {
+        self.cookie_secure.unwrap_or_else(|| self.tls_enabled())
     }
 
     /// Interval between keep-alive comments.
@@ -191,6 +235,13 @@ impl Config {
             && secret.is_empty()
         {
             return Err("--jwt-secret must not be empty".into());
+        }
+        if self.cookie_samesite == SameSite::None && !self.cookie_secure() {
+            return Err(
+                "--cookie-samesite none needs --cookie-secure (browsers drop SameSite=None \
+                 cookies that are not Secure)"
+                    .into(),
+            );
         }
         if let Some(admin) = &self.admin {
             match admin.split_once(':') {
@@ -235,6 +286,20 @@ mod tests {
     fn secure_without_files_is_refused() {
         let c = Config::try_parse_from(["broker", "--secure"]).expect("parses");
         assert!(c.validate().unwrap_err().contains("--tls-cert"));
+    }
+
+    #[test]
+    fn cookie_flags() {
+        let c = Config::try_parse_from(["broker"]).expect("defaults");
+        assert_eq!(c.cookie_samesite, SameSite::Lax);
+        assert!(!c.cookie_secure(), "plain HTTP");
+        let c = Config::try_parse_from(["broker", "--cookie-samesite", "none"]).expect("parses");
+        assert!(c.validate().unwrap_err().contains("--cookie-secure"));
+        let c = Config::try_parse_from(["broker", "--cookie-samesite", "none", "--cookie-secure"])
+            .expect("parses");
+        assert!(c.cookie_secure() && c.validate().is_ok());
+        let c = Config::try_parse_from(["broker", "--cookie-secure=false"]).expect("parses");
+        assert_eq!(c.cookie_secure, Some(false));
     }
 
     #[test]

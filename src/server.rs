@@ -21,7 +21,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::Error;
 use crate::api;
-use crate::auth::{Auth, jwt};
+use crate::auth::{Auth, file_modes, jwt};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -58,13 +58,17 @@ impl App {
             usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),
             max_streams,
         ));
+        file_modes::create_private_dir(&config.db);
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_cache(
             &config.db,
             hub.clone(),
             usize::try_from(config.db_cache).unwrap_or(usize::MAX),
         )?);
         let secret = match &config.jwt_secret {
-            Some(secret) => secret.as_bytes().to_vec(),
+            Some(secret) => {
+                jwt::warn_if_short(secret);
+                secret.as_bytes().to_vec()
+            }
             None => jwt::load_or_create_secret(&config.db).map_err(|e| {
                 Error::Config(format!(
                     "cannot keep the JWT secret in {}: {e}",
@@ -72,6 +76,7 @@ impl App {
                 ))
             })?,
         };
+        file_modes::restrict_db_dir(&config.db);
         let auth = Arc::new(Auth::new(&config, &secret, store.clone()));
         if let Some(admin) = &config.admin {
             auth.ensure_admin(admin).await?;

@@ -517,16 +517,22 @@ impl Subscription {
         };
     }
 
-    /// Whether the caller may still read: their account exists and is not revoked. Checked
-    /// before every page of a catch-up from the store, since a stream that lagged may have
-    /// missed the hub's notice.
+    /// Whether the caller may still read: their account exists, is not revoked, and their
+    /// credentials are of its current generation (no password change or reset since).
+    /// Checked before every page of a catch-up from the store, since a stream that lagged may
+    /// have missed the hub's notice.
     async fn still_authorized(&self) -> Result<(), &'static str> {
-        let Some(name) = self.options.filter.caller.user.as_deref() else {
+        let caller = &self.options.filter.caller;
+        let Some(name) = caller.user.as_deref() else {
             return Ok(());
         };
         match self.store.user(name).await {
-            Ok(Some(user)) if !user.revoked => Ok(()),
-            Ok(_) => Err("user revoked"),
+            Ok(Some(user)) if user.revoked => Err("user revoked"),
+            Ok(Some(user)) if caller.generation.is_some_and(|g| g != user.token_generation) => {
+                Err("credentials changed")
+            }
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("user revoked"),
             Err(_) => Err("internal error"),
         }
     }

@@ -222,6 +222,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         write: Vec::new(),
                     },
                     expires_at: None,
+                    generation: None,
                 };
                 let requested = channels
                     .as_ref()

@@ -4,12 +4,14 @@
 //! - [`events`]: `GET /events`, `GET /sse`
 //! - [`audit`]: `GET /audit/{event}`, `GET /history/{event}`
 //! - [`users`]: `POST /users`, `POST /login`, `DELETE /users/{username}`
+//! - [`account`]: `GET /users/me`, `POST /users/me/password`, `POST /logout`
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
 //! - [`demo`]: the demo page at `/demo` (with `--demo`)
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
+pub mod account;
 pub mod audit;
 pub mod body;
 pub mod compat;
@@ -39,6 +41,8 @@ pub fn router(state: AppState) -> Router {
     } else {
         Router::new()
     };
+    // `/users/me` shadows `/users/{username}` for a user named `me`.
+    let me = get(account::me).delete(users::revoke_user_named_me);
     Router::new()
         .merge(demo)
         .route("/", get(health::health).head(health::health))
@@ -49,6 +53,9 @@ pub fn router(state: AppState) -> Router {
         .route("/users", post(users::create_user))
         .route("/users/{username}", delete(users::revoke_user))
         .route("/login", post(users::login))
+        .route("/logout", post(account::logout))
+        .route("/users/me", me)
+        .route("/users/me/password", post(account::change_password))
         .route("/insert", post(insert::insert))
         .route("/events", get(events::events))
         .route("/sse", get(events::events))
@@ -62,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(crate::auth::redact::make_span))
         .with_state(state)
 }
 

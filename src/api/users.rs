@@ -4,14 +4,15 @@ use axum::Json;
 use axum::extract::State;
 
 use super::extract::Path;
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::body::JsonBody;
 use crate::auth::caller::MaybeCaller;
-use crate::auth::{COOKIE_NAME, Caller, Grants, password};
+use crate::auth::{AuthError, Caller, Grants};
+use crate::client_ip::ClientIp;
 use crate::config::Signup;
 use crate::error::ApiError;
 use crate::names;
@@ -22,6 +23,21 @@ use crate::store::User;
 const MIN_PASSWORD_LEN: usize = 8;
 /// Longest accepted password (hashing cost grows with it).
 const MAX_PASSWORD_LEN: usize = 1024;
+
+/// 400 unless `password` has an accepted length.
+///
+/// # Errors
+/// 400 naming the bounds.
+pub fn check_password_len(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&chars) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
+        )))
+    }
+}
 
 /// Body of `POST /users`.
 #[derive(Debug, Deserialize)]
@@ -38,31 +54,29 @@ pub struct NewUser {
     pub admin: Option<bool>,
 }
 
-/// `POST /users`.
+/// `POST /users`. Rights (`admin`, `read`, `write`) can be given only by a signed-in admin,
+/// in open mode (`--no-auth`) too.
 pub async fn create_user(
     State(state): State<AppState>,
     MaybeCaller(caller): MaybeCaller,
     JsonBody(req): JsonBody<NewUser>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let is_admin = state.auth.no_auth || caller.as_ref().is_some_and(|c| c.grants.admin);
-    if state.auth.signup == Signup::Admin && !is_admin {
+) -> Result<Json<Value>, AuthError> {
+    // The grants stored for the caller, not open mode's allow-all.
+    let is_admin = caller.as_ref().is_some_and(|c| c.grants.admin);
+    if state.auth.signup == Signup::Admin && !state.auth.no_auth && !is_admin {
         return Err(match caller {
             None => ApiError::unauthorized("signup is restricted: an admin must create users"),
             Some(_) => ApiError::forbidden("admin only: signup is restricted"),
-        });
+        }
+        .into());
     }
     names::check_username(&req.username).map_err(ApiError::bad_request)?;
-    let chars = req.password.chars().count();
-    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&chars) {
-        return Err(ApiError::bad_request(format!(
-            "password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
-        )));
-    }
+    check_password_len(&req.password)?;
     let asks_grants = req.read.is_some() || req.write.is_some() || req.admin.is_some();
     if asks_grants && !is_admin {
-        return Err(ApiError::forbidden(
-            "only an admin may set read, write or admin",
-        ));
+        return Err(
+            ApiError::forbidden("only a signed-in admin may set read, write or admin").into(),
+        );
     }
     let defaults = &state.auth.default_grants;
     let grants = Grants {
@@ -71,16 +85,9 @@ pub async fn create_user(
         write: req.write.unwrap_or_else(|| defaults.write.clone()),
     };
     if state.store.user(&req.username).await?.is_some() {
-        return Err(ApiError::conflict(format!(
-            "username '{}' is taken",
-            req.username
-        )));
+        return Err(ApiError::conflict(format!("username '{}' is taken", req.username)).into());
     }
-    let pass = req.password;
-    let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let hash = state.auth.hash_password(req.password).await?;
     let user = User {
         username: req.username.clone(),
         password_hash: hash,
@@ -89,6 +96,7 @@ pub async fn create_user(
         write: grants.write,
         created_at: crate::store::now_micros(),
         revoked: false,
+        token_generation: 0,
     };
     state.store.create_user(user).await?;
     tracing::info!(username = %req.username, "user created");
@@ -104,36 +112,35 @@ pub struct Login {
     pub password: String,
 }
 
-/// `POST /login`: a JWT in the body and in the `broker_token` cookie.
+/// `POST /login`: a JWT in the body and in the `broker_token` cookie. Failed attempts are
+/// throttled per client address and username (429 with `Retry-After`).
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(req): JsonBody<Login>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AuthError> {
     let user = state
         .auth
-        .check_password(&req.username, &req.password)
+        .check_password(&req.username, &req.password, ip)
         .await?;
-    let grants = Grants {
-        admin: user.admin,
-        read: user.read,
-        write: user.write,
-    };
-    let (token, expires_at) = state
+    with_token(&state, &user, json!({}))
+}
+
+/// `body` with a fresh token for `user` (`jwt`, `expires_at`), which the `broker_token` cookie
+/// also carries.
+///
+/// # Errors
+/// 500 if the token cannot be made.
+pub fn with_token(state: &AppState, user: &User, mut body: Value) -> Result<Response, AuthError> {
+    let (token, expires_at) = state.auth.issue(user)?;
+    let cookie = state
         .auth
-        .keys
-        .issue(&user.username, grants)
-        .map_err(ApiError::internal)?;
-    let secure = if state.config.tls_enabled() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{COOKIE_NAME}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        state.auth.keys.expiry_secs()
-    );
-    let mut response = Json(json!({ "jwt": token, "expires_at": expires_at })).into_response();
-    let cookie = HeaderValue::from_str(&cookie).map_err(ApiError::internal)?;
+        .cookie
+        .set(&token, state.auth.keys.expiry_secs())
+        .ok_or_else(|| ApiError::internal("token is not a valid cookie value"))?;
+    body["jwt"] = json!(token);
+    body["expires_at"] = json!(expires_at);
+    let mut response = Json(body).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
@@ -153,7 +160,17 @@ pub async fn revoke_user(
         .ok_or_else(|| ApiError::not_found(format!("no user '{username}'")))?;
     user.revoked = true;
     state.store.put_user(user).await?;
+    state.auth.forget(&username);
     state.hub.revoke(&username);
     tracing::info!(%username, "user revoked");
     Ok(Json(json!({ "username": username, "revoked": true })))
+}
+
+/// `DELETE /users/me`: the static route `/users/me` shadows `/users/{username}` for a user
+/// named `me`, who is revoked here like any other.
+pub async fn revoke_user_named_me(
+    state: State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    revoke_user(state, caller, Path("me".to_owned())).await
 }

@@ -3,7 +3,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use super::Grants;
+use super::{AuthError, Grants};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::User;
@@ -17,6 +17,9 @@ pub struct Caller {
     pub grants: Grants,
     /// When the credentials expire (Unix seconds), for tokens.
     pub expires_at: Option<u64>,
+    /// The user's token generation when the credentials were checked (`None` when anonymous):
+    /// a password change or an `--admin` reset moves past it.
+    pub generation: Option<u64>,
 }
 
 impl Caller {
@@ -26,6 +29,7 @@ impl Caller {
             user: None,
             grants: Grants::all(),
             expires_at: None,
+            generation: None,
         }
     }
 
@@ -39,6 +43,7 @@ impl Caller {
                 write: user.write.clone(),
             },
             expires_at,
+            generation: Some(user.token_generation),
         }
     }
 
@@ -89,7 +94,7 @@ impl Caller {
 }
 
 impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+    type Rejection = AuthError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -104,7 +109,7 @@ impl FromRequestParts<AppState> for Caller {
 pub struct StreamCaller(pub Caller);
 
 impl FromRequestParts<AppState> for StreamCaller {
-    type Rejection = ApiError;
+    type Rejection = AuthError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -116,6 +121,8 @@ impl FromRequestParts<AppState> for StreamCaller {
 
 /// The caller if valid credentials were sent, `None` otherwise: for public endpoints that
 /// behave differently for admins (signup). Stale credentials (an old cookie) do not block them.
+/// The grants are the ones stored for the user, in open mode too (where every request may do
+/// everything, but only a real admin may grant rights).
 #[derive(Debug, Clone)]
 pub struct MaybeCaller(pub Option<Caller>);
 
@@ -126,8 +133,7 @@ impl FromRequestParts<AppState> for MaybeCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = state.auth.authenticate(parts, false).await.ok();
-        // In open mode `authenticate` admits everyone; only real credentials count here.
+        let caller = state.auth.identify(parts, false).await.ok();
         Ok(Self(caller.filter(|c| c.user.is_some())))
     }
 }

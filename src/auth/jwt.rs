@@ -19,9 +19,31 @@ pub struct Claims {
     pub exp: u64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: u64,
+    /// The user's token generation when the token was issued: a password change or an
+    /// `--admin` reset moves the user to the next one, and older tokens stop working.
+    #[serde(default, rename = "gen")]
+    pub generation: u64,
     /// The user's permissions when the token was issued.
     #[serde(flatten)]
     pub grants: Grants,
+}
+
+/// Shortest `--jwt-secret` that does not draw a warning: 32 bytes, HS256's key size.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Warns loudly when a configured secret is shorter than [`MIN_SECRET_LEN`]: a short HS256
+/// secret can be found offline from any one token, and with it any token can be forged.
+pub fn warn_if_short(secret: &str) {
+    if secret.len() < MIN_SECRET_LEN {
+        tracing::warn!(
+            length = secret.len(),
+            "--jwt-secret is only {} bytes: anyone holding one token can guess a short secret \
+             offline and then forge tokens for any user, admins included. Use at least \
+             {MIN_SECRET_LEN} random bytes (`openssl rand -hex 32`), or leave --jwt-secret out \
+             to have a random one generated and kept in the database directory",
+            secret.len()
+        );
+    }
 }
 
 /// Signing and verification keys plus the token lifetime.
@@ -47,17 +69,24 @@ impl Keys {
         }
     }
 
-    /// Issues a token for `user`; returns it with its expiry (Unix seconds).
+    /// Issues a token for `user` at token `generation`; returns it with its expiry (Unix
+    /// seconds).
     ///
     /// # Errors
     /// If encoding fails (it does not for HS256 with valid claims).
-    pub fn issue(&self, user: &str, grants: Grants) -> Result<(String, u64), String> {
+    pub fn issue(
+        &self,
+        user: &str,
+        generation: u64,
+        grants: Grants,
+    ) -> Result<(String, u64), String> {
         let iat = now_secs();
         let exp = iat.saturating_add(self.expiry_secs);
         let claims = Claims {
             sub: user.to_owned(),
             exp,
             iat,
+            generation,
             grants,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -140,9 +169,10 @@ mod tests {
     #[test]
     fn issue_and_verify() {
         let keys = Keys::new(b"secret", 60);
-        let (token, exp) = keys.issue("ada", Grants::all()).expect("issue");
+        let (token, exp) = keys.issue("ada", 3, Grants::all()).expect("issue");
         let claims = keys.verify(&token).expect("verify");
         assert_eq!(claims.sub, "ada");
+        assert_eq!(claims.generation, 3);
         assert_eq!(claims.exp, exp);
         assert!(claims.grants.admin);
         assert_eq!(

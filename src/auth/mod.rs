@@ -2,26 +2,52 @@
 //!
 //! - [`jwt`]: issuing and verifying tokens, the generated secret
 //! - [`password`]: Argon2id hashing
+//! - [`hash_pool`]: the bound on concurrent Argon2 work (429 beyond it)
+//! - [`throttle`]: failed-login limits per address and per username (429)
+//! - [`basic_cache`]: recently verified Basic credentials
+//! - [`credentials`]: where a request's credentials are found
+//! - [`csrf`]: what a write authenticated by the cookie must show
+//! - [`cookie`]: the login cookie's attributes
 //! - [`permissions`]: per-channel read/write grants
 //! - [`caller`]: the axum extractors that authenticate a request
+//! - [`rejection`]: the error of an authentication step, with `Retry-After`
+//! - [`redact`]: request logs without tokens
+//! - [`file_modes`]: the database directory made private at start
 
+pub mod basic_cache;
 pub mod caller;
+pub mod cookie;
+pub mod credentials;
+pub mod csrf;
+pub mod file_modes;
+pub mod hash_pool;
 pub mod jwt;
 pub mod password;
 pub mod permissions;
+pub mod redact;
+pub mod rejection;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
-use base64::Engine;
 
+use crate::client_ip::{ClientIp, TrustedProxies};
 use crate::config::{Config, Signup};
 use crate::error::ApiError;
 use crate::store::{Store, StoreError, User};
+use basic_cache::BasicCache;
 pub use caller::{Caller, StreamCaller};
+use cookie::CookiePolicy;
+use credentials::Credentials;
+use csrf::CsrfPolicy;
+use hash_pool::HashPool;
 use jwt::Keys;
 pub use permissions::Grants;
+pub use rejection::AuthError;
+use throttle::LoginThrottle;
 
 /// Name of the cookie `POST /login` sets.
 pub const COOKIE_NAME: &str = "broker_token";
@@ -36,6 +62,14 @@ pub struct Auth {
     pub signup: Signup,
     /// Grants of a newly signed-up user.
     pub default_grants: Grants,
+    /// How the login cookie is written.
+    pub cookie: CookiePolicy,
+    /// Every Argon2 run goes through this bound.
+    pub hashes: HashPool,
+    throttle: LoginThrottle,
+    basic_cache: BasicCache,
+    csrf: CsrfPolicy,
+    trusted_proxies: TrustedProxies,
     store: Arc<dyn Store>,
 }
 
@@ -51,26 +85,36 @@ impl Auth {
                 read: permissions::parse_patterns(&config.default_read),
                 write: permissions::parse_patterns(&config.default_write),
             },
+            cookie: CookiePolicy {
+                same_site: config.cookie_samesite,
+                secure: config.cookie_secure(),
+            },
+            hashes: HashPool::for_cores(),
+            throttle: LoginThrottle::new(throttle::Limits {
+                per_ip: config.login_failures_per_ip,
+                per_user: config.login_failures_per_user,
+                window: Duration::from_secs(config.login_window),
+            }),
+            basic_cache: BasicCache::new(Duration::from_secs(config.basic_cache_ttl)),
+            csrf: CsrfPolicy::new(&config.origin),
+            trusted_proxies: config.trusted_proxies.clone(),
             store,
         }
     }
 
     /// Identifies the caller of a request. `query_token` also accepts `?access_token=` (the SSE
-    /// endpoints, since a browser `EventSource` cannot send headers).
+    /// endpoints, since a browser `EventSource` cannot send headers). In open mode everyone is
+    /// admitted with every grant.
     ///
     /// # Errors
-    /// 401 for missing or bad credentials (unless authentication is off).
-    pub async fn authenticate(&self, parts: &Parts, query_token: bool) -> Result<Caller, ApiError> {
-        let credentials = credentials(
-            &parts.headers,
-            query_token.then(|| parts.uri.query()).flatten(),
-        );
-        let result = match credentials {
-            Ok(Some(credentials)) => self.check(credentials).await,
-            Ok(None) => Err(ApiError::unauthorized("authentication required")),
-            Err(e) => Err(e),
-        };
-        match result {
+    /// 401 for missing or bad credentials, 403 for a cross-site write with the cookie, 429 for
+    /// throttled password checks (unless authentication is off).
+    pub async fn authenticate(
+        &self,
+        parts: &Parts,
+        query_token: bool,
+    ) -> Result<Caller, AuthError> {
+        match self.identify(parts, query_token).await {
             Ok(mut caller) => {
                 if self.no_auth {
                     caller.grants = Grants::all();
@@ -82,18 +126,57 @@ impl Auth {
         }
     }
 
-    async fn check(&self, credentials: Credentials) -> Result<Caller, ApiError> {
+    /// The caller as their credentials show them, with the grants stored for them, in open
+    /// mode too.
+    ///
+    /// # Errors
+    /// As [`authenticate`](Self::authenticate), whatever the mode.
+    pub async fn identify(&self, parts: &Parts, query_token: bool) -> Result<Caller, AuthError> {
+        let query = query_token.then(|| parts.uri.query()).flatten();
+        let credentials = credentials::find(&parts.headers, query)?
+            .ok_or_else(|| ApiError::unauthorized("authentication required"))?;
         match credentials {
-            Credentials::Token(token) => {
-                let claims = self.keys.verify(&token).map_err(ApiError::unauthorized)?;
-                let user = self.active_user(&claims.sub).await?;
-                Ok(Caller::user(&user, Some(claims.exp)))
+            Credentials::Cookie(token) => {
+                self.csrf.check(parts)?;
+                self.check_token(&token).await
+            }
+            Credentials::Bearer(token) | Credentials::Query(token) => {
+                self.check_token(&token).await
             }
             Credentials::Basic(username, password) => {
-                let user = self.check_password(&username, &password).await?;
-                Ok(Caller::user(&user, None))
+                let ip = ClientIp::of(parts, &self.trusted_proxies).0;
+                self.check_basic(&username, &password, ip).await
             }
         }
+    }
+
+    async fn check_token(&self, token: &str) -> Result<Caller, AuthError> {
+        let claims = self.keys.verify(token).map_err(ApiError::unauthorized)?;
+        let user = self.active_user(&claims.sub).await?;
+        if claims.generation != user.token_generation {
+            return Err(ApiError::unauthorized(
+                "token revoked: the password was changed after it was issued",
+            )
+            .into());
+        }
+        Ok(Caller::user(&user, Some(claims.exp)))
+    }
+
+    async fn check_basic(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<Caller, AuthError> {
+        if self.basic_cache.has(username)
+            && let Some(user) = self.store.user(username).await?
+            && self.basic_cache.hit(&user, password)
+        {
+            return Ok(Caller::user(&user, None));
+        }
+        let user = self.check_password(username, password, ip).await?;
+        self.basic_cache.remember(&user, password);
+        Ok(Caller::user(&user, None))
     }
 
     async fn active_user(&self, username: &str) -> Result<User, ApiError> {
@@ -104,27 +187,122 @@ impl Auth {
         }
     }
 
-    /// Checks a username and password; the same 401 for an unknown user and a wrong password.
+    /// Checks a username and password from client address `ip`; the same 401 for an unknown
+    /// user and a wrong password. Throttled per address and username, and bounded with every
+    /// other Argon2 run.
     ///
     /// # Errors
-    /// 401 `invalid credentials`, or a store failure.
-    pub async fn check_password(&self, username: &str, password: &str) -> Result<User, ApiError> {
-        let user = self.store.user(username).await?;
-        let hash = user.as_ref().map_or_else(
-            || password::dummy_hash().to_owned(),
-            |u| u.password_hash.clone(),
-        );
+    /// 401 `invalid credentials`; 429 with `Retry-After` when throttled or when too many
+    /// password checks are under way; a store failure.
+    pub async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<User, AuthError> {
+        let ticket = self.hashes.ticket()?;
+        let valid_name = crate::names::check_username(username).is_ok();
+        let attempt = self.throttle.begin(ip, valid_name.then_some(username))?;
+        let user = if valid_name {
+            self.store.user(username).await?
+        } else {
+            None
+        };
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-            .await
-            .map_err(ApiError::internal)?;
+        let ok = ticket
+            .run(move || match hash {
+                Some(hash) => password::verify(&password, &hash),
+                None => password::verify(&password, password::dummy_hash()),
+            })
+            .await?;
+        tracing::debug!(%ip, username, ok, "password checked with Argon2");
         match user {
-            Some(user) if ok && !user.revoked => Ok(user),
-            _ => Err(ApiError::unauthorized("invalid credentials")),
+            Some(user) if ok && !user.revoked => {
+                attempt.succeeded();
+                Ok(user)
+            }
+            _ => {
+                attempt.failed();
+                Err(ApiError::unauthorized("invalid credentials").into())
+            }
         }
     }
 
-    /// Creates the `--admin username:password` account, or resets its password and admin flag.
+    /// Hashes a new password (bounded like every Argon2 run).
+    ///
+    /// # Errors
+    /// 429 when too many password checks are under way; 500 if hashing fails.
+    pub async fn hash_password(&self, password: String) -> Result<String, AuthError> {
+        let hash = self.hashes.run(move || password::hash(&password)).await?;
+        Ok(hash.map_err(ApiError::internal)?)
+    }
+
+    /// Issues a token for `user` at their current token generation.
+    ///
+    /// # Errors
+    /// 500 if encoding fails.
+    pub fn issue(&self, user: &User) -> Result<(String, u64), ApiError> {
+        let grants = Grants {
+            admin: user.admin,
+            read: user.read.clone(),
+            write: user.write.clone(),
+        };
+        self.keys
+            .issue(&user.username, user.token_generation, grants)
+            .map_err(ApiError::internal)
+    }
+
+    /// Sets `username`'s password to `new_password` and moves them to the next token
+    /// generation: tokens and remembered Basic credentials from before stop working. The
+    /// caller ends the user's open streams.
+    ///
+    /// # Errors
+    /// 401 if the user is gone or revoked; 429 or 500 from hashing; a store failure.
+    pub async fn change_password(
+        &self,
+        username: &str,
+        new_password: String,
+    ) -> Result<User, AuthError> {
+        let hash = self.hash_password(new_password).await?;
+        let mut user = self.active_user(username).await?;
+        user.password_hash = hash;
+        user.token_generation = user.token_generation.wrapping_add(1);
+        self.store.put_user(user.clone()).await?;
+        self.basic_cache.forget(username);
+        Ok(user)
+    }
+
+    /// Whether `caller`'s credentials still hold: the user exists, is not revoked, and is at
+    /// the token generation the credentials were checked at (no password change or `--admin`
+    /// reset since). For long-lived requests (streams) that check again later; the anonymous
+    /// caller always holds.
+    ///
+    /// # Errors
+    /// 401 saying why the credentials no longer hold; a store failure.
+    pub async fn recheck(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(username) = caller.user.as_deref() else {
+            return Ok(());
+        };
+        let user = self.active_user(username).await?;
+        if caller
+            .generation
+            .is_some_and(|g| g != user.token_generation)
+        {
+            return Err(ApiError::unauthorized(
+                "credentials revoked: the password was changed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forgets `username`'s remembered Basic credentials (after a revocation).
+    pub fn forget(&self, username: &str) {
+        self.basic_cache.forget(username);
+    }
+
+    /// Creates the `--admin username:password` account, or resets its password and admin flag;
+    /// a reset moves it to the next token generation, so tokens issued before stop working.
     ///
     /// # Errors
     /// When hashing or the store fails.
@@ -134,11 +312,10 @@ impl Auth {
                 "--admin must be username:password".into(),
             ));
         };
-        let pass = pass.to_owned();
-        let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
+        let hash = self
+            .hash_password(pass.to_owned())
             .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(StoreError::Backend)?;
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let existing = self.store.user(username).await?;
         let user = User {
             username: username.to_owned(),
@@ -150,67 +327,56 @@ impl Auth {
                 .as_ref()
                 .map_or_else(crate::store::now_micros, |u| u.created_at),
             revoked: false,
+            token_generation: existing
+                .as_ref()
+                .map_or(0, |u| u.token_generation.wrapping_add(1)),
         };
-        self.store.put_user(user).await
+        self.store.put_user(user).await?;
+        self.basic_cache.forget(username);
+        Ok(())
     }
 }
 
-/// Credentials found on a request.
-enum Credentials {
-    Token(String),
-    Basic(String, String),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use clap::Parser;
 
-/// Finds credentials: `Authorization` header, then the cookie, then (if allowed) `access_token`.
-fn credentials(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, ApiError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
-        let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
-        let rest = rest.trim();
-        return if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-            Ok(Some(Credentials::Token(rest.to_owned())))
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(rest)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-            let (user, pass) = decoded
-                .split_once(':')
-                .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-            Ok(Some(Credentials::Basic(user.to_owned(), pass.to_owned())))
-        } else {
-            Err(ApiError::unauthorized(
-                "unsupported Authorization scheme: use Bearer or Basic",
-            ))
+    #[tokio::test]
+    async fn recheck_follows_password_changes_and_revocation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Arc::new(crate::hub::Hub::new(16, 16));
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), hub).expect("store"));
+        let config = Config::try_parse_from(["broker"]).expect("config");
+        let auth = Auth::new(&config, b"0123456789abcdef0123456789abcdef", store.clone());
+        let mut ada = User {
+            username: "ada".into(),
+            password_hash: "$argon2id$not-a-real-hash".into(),
+            admin: false,
+            read: vec![],
+            write: vec![],
+            created_at: 0,
+            revoked: false,
+            token_generation: 0,
         };
-    }
-    for cookies in headers.get_all(header::COOKIE) {
-        let Ok(cookies) = cookies.to_str() else {
-            continue;
-        };
-        for pair in cookies.split(';') {
-            if let Some((name, value)) = pair.trim().split_once('=')
-                && name == COOKIE_NAME
-                && !value.is_empty()
-            {
-                return Ok(Some(Credentials::Token(value.to_owned())));
-            }
-        }
-    }
-    if let Some(query) = query {
-        for (name, value) in form_pairs(query) {
-            if name == "access_token" && !value.is_empty() {
-                return Ok(Some(Credentials::Token(value)));
-            }
-        }
-    }
-    Ok(None)
-}
+        store.put_user(ada.clone()).await.expect("put");
+        let before = Caller::user(&ada, None);
+        assert!(auth.recheck(&before).await.is_ok());
+        assert!(auth.recheck(&Caller::anonymous()).await.is_ok());
 
-/// Decodes `a=b&c=d` query pairs.
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default()
+        ada = auth
+            .change_password("ada", "a new password".into())
+            .await
+            .expect("change");
+        assert_eq!(ada.token_generation, 1);
+        assert!(auth.recheck(&before).await.is_err(), "older credentials");
+        let after = Caller::user(&ada, None);
+        assert!(auth.recheck(&after).await.is_ok());
+
+        ada.revoked = true;
+        store.put_user(ada).await.expect("put");
+        assert!(auth.recheck(&after).await.is_err(), "revoked");
+        store.close().await;
+    }
 }

@@ -1,5 +1,5 @@
-//! Password hashing with Argon2id (PHC strings). Both calls are CPU-heavy by design: run them on
-//! a blocking thread.
+//! Password hashing with Argon2id (PHC strings). Both calls are CPU-heavy (and take 19 MiB) by
+//! design: run them through the [`HashPool`](super::hash_pool::HashPool).
 
 use argon2::Argon2;
 use argon2::password_hash::{

@@ -66,6 +66,7 @@ fn user(name: &str) -> User {
         write: vec!["*".into()],
         created_at: 1,
         revoked: false,
+        token_generation: 0,
     }
 }
 

@@ -114,6 +114,10 @@ pub struct User {
     /// A revoked user can no longer authenticate; the name stays taken.
     #[serde(default)]
     pub revoked: bool,
+    /// Tokens carry the generation they were issued at and are accepted only while it is the
+    /// user's current one: a password change or an `--admin` reset moves to the next.
+    #[serde(default)]
+    pub token_generation: u64,
 }
 
 /// Why a store operation failed.
