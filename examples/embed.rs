@@ -32,7 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!("example listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router)
+    // With the peer address, Broker's per-address limits tell clients apart.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(broker::shutdown::signal())
         .await?;
     // Finish queued commits and release the database.

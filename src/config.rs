@@ -139,6 +139,39 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_streams: u64,
 
+    /// Seconds a connection may take to send a complete request head (and, over TLS, to finish
+    /// its handshake) before it is closed.
+    #[arg(long, env = "BROKER_HEADER_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+
+    /// Seconds a request body may take to arrive in full; a slower one gets 408.
+    #[arg(long, env = "BROKER_BODY_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
+
+    /// Seconds a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "BROKER_IDLE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
+    /// Most open connections, event streams included (default: the open-file limit less 128).
+    /// At the cap a new connection closes the oldest one still waiting for its request.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Most open connections from one client address; further ones get 503 and are closed.
+    /// Connections from a trusted proxy are not counted.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS_PER_IP", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub max_connections_per_ip: u64,
+
+    /// Most concurrent event streams from one client address; further ones get 429.
+    #[arg(long, env = "BROKER_MAX_STREAMS_PER_IP", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub max_streams_per_ip: u64,
+
     /// Serve the two-window demo page at `/demo`.
     #[arg(long, env = "BROKER_DEMO", num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -216,6 +249,21 @@ impl Config {
     /// Interval between keep-alive comments.
     pub fn keepalive_interval(&self) -> Duration {
         Duration::from_secs(self.keepalive)
+    }
+
+    /// Time to send a complete request head.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout)
+    }
+
+    /// Time to send a request body.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout)
+    }
+
+    /// Time a keep-alive connection may stay idle.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
     }
 
     /// Checks combinations of flags that each look fine alone.

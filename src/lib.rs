@@ -11,6 +11,9 @@
 //! - [`api`]: the HTTP endpoints, one module per resource, and the router
 //! - [`auth`]: JWTs, password hashing, permissions, the caller extractor
 //! - [`client_ip`]: the client's address (peer, or `X-Forwarded-For` of a trusted proxy)
+//! - [`conn`]: connection admission: caps (total, per address), header/body/idle timeouts,
+//!   eviction of the oldest waiting connection
+//! - [`limits`]: the open-file limit and the connection and stream caps below it
 //! - [`store`]: the [`Store`](store::Store) trait and the embedded `redb` store (group commit)
 //! - [`hub`]: live fan-out of committed records to the streams
 //! - [`presence`]: who is connected (node-sse-server's online presence), coalesced announcements
@@ -33,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod hub;
 pub mod limits;

@@ -19,6 +19,16 @@ pub struct Metrics {
     pub slow_subscribers: Counter,
     /// Streams refused because `--max-streams` were open.
     pub refused_streams: Counter,
+    /// Streams refused because their client address had `--max-streams-per-ip` open.
+    pub refused_streams_per_ip: Counter,
+    /// Open client connections (event streams included).
+    pub connections: Gauge,
+    /// Connections refused: over `--max-connections-per-ip`, or no room at `--max-connections`.
+    pub refused_connections: Counter,
+    /// Connections waiting for their client, closed to make room at `--max-connections`.
+    pub evicted_connections: Counter,
+    /// Connections closed by `--header-timeout`, `--idle-timeout` or a body that stopped.
+    pub timed_out_connections: Counter,
     /// Time from handing an append to the store until it is durable.
     pub commit_seconds: Histogram,
 }
@@ -32,6 +42,11 @@ impl Metrics {
         let deliveries = Counter::default();
         let slow_subscribers = Counter::default();
         let refused_streams = Counter::default();
+        let refused_streams_per_ip = Counter::default();
+        let connections = Gauge::default();
+        let refused_connections = Counter::default();
+        let evicted_connections = Counter::default();
+        let timed_out_connections = Counter::default();
         let commit_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 14));
         registry.register("subscribers", "Open event streams", subscribers.clone());
         registry.register("inserts", "Records stored", inserts.clone());
@@ -51,6 +66,31 @@ impl Metrics {
             refused_streams.clone(),
         );
         registry.register(
+            "refused_streams_per_ip",
+            "Streams refused at --max-streams-per-ip",
+            refused_streams_per_ip.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open client connections, event streams included",
+            connections.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Connections refused at --max-connections-per-ip, or with every connection busy",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "evicted_connections",
+            "Connections still waiting for their client, closed to make room for new ones",
+            evicted_connections.clone(),
+        );
+        registry.register(
+            "timed_out_connections",
+            "Connections closed by the header, body or idle timeout",
+            timed_out_connections.clone(),
+        );
+        registry.register(
             "store_commit_seconds",
             "Time until an append is durable",
             commit_seconds.clone(),
@@ -62,6 +102,11 @@ impl Metrics {
             deliveries,
             slow_subscribers,
             refused_streams,
+            refused_streams_per_ip,
+            connections,
+            refused_connections,
+            evicted_connections,
+            timed_out_connections,
             commit_seconds,
         }
     }

@@ -13,8 +13,8 @@ use axum::Router;
 use axum::ServiceExt;
 use axum::extract::Request;
 use axum_server::Handle;
-use axum_server::accept::NoDelayAcceptor;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::DefaultAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 use tower_http::normalize_path::NormalizePathLayer;
@@ -23,6 +23,7 @@ use crate::Error;
 use crate::api;
 use crate::auth::{Auth, file_modes, jwt};
 use crate::config::Config;
+use crate::conn::{AdmitAcceptor, Connections, Limits};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -33,6 +34,8 @@ use crate::stream_conn::StreamAcceptor;
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
 pub struct App {
     state: AppState,
+    /// Most open connections when served (`--max-connections` within the open-file limit).
+    max_connections: u64,
 }
 
 impl App {
@@ -44,13 +47,25 @@ impl App {
         config.validate().map_err(Error::Config)?;
         install_crypto_provider();
         let open_files = crate::limits::raise_open_files();
-        let max_streams = crate::limits::stream_cap(config.max_streams, open_files);
+        let max_connections = crate::limits::connection_cap(config.max_connections, open_files);
+        if let Some(configured) = config.max_connections
+            && max_connections < configured
+        {
+            tracing::warn!(
+                open_files,
+                max_connections,
+                "the open-file limit admits fewer connections than --max-connections \
+                 (raise `ulimit -n` for more)"
+            );
+        }
+        let max_streams =
+            crate::limits::stream_cap(config.max_streams, open_files, max_connections);
         if max_streams < config.max_streams {
             tracing::warn!(
                 open_files,
                 max_streams,
-                "the open-file limit admits fewer streams than --max-streams; \
-                 streams beyond {max_streams} get 503 (raise `ulimit -n` for more)"
+                "the open-file limit or --max-connections admits fewer streams than \
+                 --max-streams; streams beyond {max_streams} get 503 (raise `ulimit -n` for more)"
             );
         }
         let hub = Arc::new(Hub::new(
@@ -94,7 +109,10 @@ impl App {
             Arc::new(Metrics::new()),
         );
         tokio::spawn(state.presence.clone().announce(hub, state.shutdown.clone()));
-        Ok(Self { state })
+        Ok(Self {
+            state,
+            max_connections,
+        })
     }
 
     /// The routes, to serve or to nest into another axum app.
@@ -117,6 +135,48 @@ impl App {
 /// Installs ring as the process's rustls crypto provider (once; later calls are no-ops).
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Listen backlog asked for (the kernel caps it at `net.core.somaxconn`). The usual 128
+/// overflows under a flood of new connections, and a client whose SYN is dropped then waits a
+/// second or more for its retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Admission for the connections of `app`, under its configured limits.
+fn connections(app: &App) -> Arc<Connections> {
+    let config = &app.state.config;
+    let limits = Limits {
+        max_connections: usize::try_from(app.max_connections).unwrap_or(usize::MAX),
+        max_per_ip: u32::try_from(config.max_connections_per_ip).unwrap_or(u32::MAX),
+        header_timeout: config.header_timeout(),
+        body_timeout: config.body_timeout(),
+        idle_timeout: config.idle_timeout(),
+    };
+    Connections::new(
+        limits,
+        config.trusted_proxies.clone(),
+        app.state.metrics.clone(),
+    )
+}
+
+/// HTTP settings of the general server. Admission times out request heads and idle
+/// connections for both HTTP versions and over TLS, with one sweeper rather than a timer per
+/// connection; hyper's own HTTP/1 header timeout is off, as it would also cut idle keep-alive
+/// connections at the header timeout.
+fn configure_http<A: axum_server::Address, Acc>(server: &mut axum_server::Server<A, Acc>) {
+    server.http_builder().http1().header_read_timeout(None);
 }
 
 /// Serves `config` until `shutdown` completes, then shuts down gracefully.
@@ -144,8 +204,15 @@ pub async fn serve(
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let write_timeout = Duration::from_secs(config.write_timeout);
     let app = App::open(config).await?;
+    let listener = match listen(addr) {
+        Ok(listener) => listener,
+        Err(e) => {
+            app.close().await;
+            return Err(Error::Listen(addr, e));
+        }
+    };
     let router = app.router();
-    let handle = Handle::new();
+    let handle = Handle::<SocketAddr>::new();
 
     let state = app.state().clone();
     let stopper = handle.clone();
@@ -163,26 +230,35 @@ pub async fn serve(
         }
     });
 
+    let connections = connections(&app);
+    connections.spawn_sweeper();
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
     let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()))
         .with_write_timeout(write_timeout);
     let stream_tasks = streams.streams();
     let service = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(routes);
+    // The accept loop retries after an accept error (a full descriptor table, say) instead of
+    // ending; admission keeps connections below the open-file limit so that it does not come
+    // to that.
     let result = match tls {
         Some(tls) => {
-            axum_server::bind_rustls(addr, tls)
-                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
-                .handle(handle)
-                .serve(service)
-                .await
+            let acceptor = RustlsAcceptor::new(tls)
+                .handshake_timeout(connections.limits().header_timeout)
+                .acceptor(AdmitAcceptor::under_tls(
+                    connections.clone(),
+                    DefaultAcceptor::new(),
+                ));
+            let mut server =
+                axum_server::Server::<SocketAddr>::from_listener(listener).acceptor(acceptor);
+            configure_http(&mut server);
+            server.handle(handle).serve(service).await
         }
         None => {
-            axum_server::bind(addr)
-                .acceptor(streams)
-                .handle(handle)
-                .serve(service)
-                .await
+            let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
+                .acceptor(AdmitAcceptor::plain(connections.clone(), streams));
+            configure_http(&mut server);
+            server.handle(handle).serve(service).await
         }
     };
     // Streams served apart from the general server end at shutdown like the others.

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::conn::PerIp;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Connected node-sse-server clients.
     pub presence: Arc<Presence>,
+    /// Open event streams per client address (`--max-streams-per-ip`).
+    pub streams_per_ip: Arc<PerIp>,
     /// Cancelled when shutdown begins: streams end, `/ready` turns 503.
     pub shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
@@ -41,7 +44,9 @@ impl AppState {
         auth: Arc<Auth>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let per_ip = u32::try_from(config.max_streams_per_ip).unwrap_or(u32::MAX);
         Self {
+            streams_per_ip: Arc::new(PerIp::new(per_ip)),
             config,
             store,
             hub,

@@ -30,15 +30,14 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::conn::{ConnSlot, Tracked};
+
 /// Longest request head looked at; a longer one goes to the general server.
 const MAX_HEAD: usize = 8 * 1024;
 /// First look at a request head; most fit.
 const PEEK_FIRST: usize = 1024;
 /// Most headers looked at; more go to the general server.
 const MAX_HEADERS: usize = 48;
-/// How long a new connection may take to send its first bytes before the general server
-/// (with its own timeouts) takes it over.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stream's write may wait for its client before the connection is closed, unless
 /// configured otherwise.
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,8 +48,9 @@ const STREAM_PATHS: [&str; 3] = ["/events", "/sse", "/subscribe"];
 pub type Service =
     tower::util::BoxCloneSyncService<Request, axum::response::Response, std::convert::Infallible>;
 
-/// An acceptor that sets `TCP_NODELAY` (events are small and must not wait for an ACK) and
-/// serves event-stream requests itself; every other connection goes on to the general server.
+/// An acceptor, behind admission ([`crate::conn::AdmitAcceptor`]), that serves event-stream
+/// requests itself; every other connection goes on to the general server. Admission's header
+/// timeout and eviction close a connection still waiting for its first bytes here too.
 ///
 /// A stream is served in a task of its own, apart from the general server's connection task:
 /// that task is sized for any HTTP connection, and an idle subscriber should cost only what a
@@ -84,28 +84,31 @@ impl StreamAcceptor {
     }
 }
 
-impl<S: Send + 'static> Accept<TcpStream, S> for StreamAcceptor {
-    type Stream = TcpStream;
+impl<S: Send + 'static> Accept<Tracked<TcpStream>, S> for StreamAcceptor {
+    type Stream = Tracked<TcpStream>;
     type Service = S;
-    type Future = Pin<Box<dyn Future<Output = io::Result<(TcpStream, S)>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Tracked<TcpStream>, S)>> + Send>>;
 
-    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+    fn accept(&self, stream: Tracked<TcpStream>, service: S) -> Self::Future {
         let router = self.service.clone();
         let streams = self.streams.clone();
         let write_timeout = self.write_timeout;
         Box::pin(async move {
-            stream.set_nodelay(true)?;
-            let Some((mut request, head_len)) = peek_stream_request(&stream).await else {
+            let Some((mut request, head_len)) = peek_stream_request(&stream).await? else {
                 return Ok((stream, service));
             };
             // The general server gives handlers the peer address; so does this path.
-            if let Ok(peer) = stream.peer_addr() {
+            if let Ok(peer) = stream.get_ref().peer_addr() {
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
             }
+            let Some((stream, slot)) = stream.into_stream() else {
+                return Err(io::Error::other("connection closed by admission"));
+            };
             streams.spawn(serve(
                 stream,
+                slot,
                 Box::new(request),
                 head_len,
                 router,
@@ -118,22 +121,23 @@ impl<S: Send + 'static> Accept<TcpStream, S> for StreamAcceptor {
 }
 
 /// Waits for the first bytes and parses them as a stream request, without consuming them.
-/// Returns the request and the length of its head.
-async fn peek_stream_request(stream: &TcpStream) -> Option<(Request, usize)> {
+/// Returns the request and the length of its head, or `None` for anything else.
+///
+/// # Errors
+/// When the connection fails or admission closes it before its first bytes (header timeout,
+/// eviction).
+async fn peek_stream_request(stream: &Tracked<TcpStream>) -> io::Result<Option<(Request, usize)>> {
     // Most heads fit the small buffer; a full one is looked at again with the large one. The
     // buffers are short-lived, but thousands of connections opening at once would otherwise
     // leave the allocator holding their pages.
     for size in [PEEK_FIRST, MAX_HEAD] {
         let mut buf = vec![0u8; size];
-        let n = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let n = stream.peek(&mut buf).await?;
         if n < size {
-            return parse_stream_request(&buf[..n]);
+            return Ok(parse_stream_request(&buf[..n]));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Parses `bytes` as exactly one complete, bodiless `GET` of a stream route.
@@ -182,13 +186,17 @@ fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
 ///
 /// While the response streams, this future holds only the socket and a [`BodyWriter`]: the
 /// request, the router's future and the response head live in a box that is gone by then.
+///
+/// `slot` keeps the connection counted (and its address's share taken) until it closes.
 async fn serve(
     mut stream: TcpStream,
+    slot: ConnSlot,
     request: Box<Request>,
     head_len: usize,
     router: Service,
     write_timeout: Duration,
 ) {
+    let _slot = slot;
     let started = Box::pin(async {
         let mut head = vec![0u8; head_len];
         stream.read_exact(&mut head).await.ok()?;
@@ -444,6 +452,7 @@ fn response_head(parts: &axum::http::response::Parts, chunked: bool) -> Vec<u8> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn takes_only_complete_bodiless_stream_gets() {

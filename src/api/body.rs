@@ -1,5 +1,6 @@
 //! The JSON request body extractor: every failure becomes a JSON error with the right status
-//! (415 not JSON, 413 over `--max-body`, 400 malformed or invalid).
+//! (415 not JSON, 413 over `--max-body`, 408 not received within `--body-timeout`, 400
+//! malformed or invalid).
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
@@ -39,8 +40,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             }
             return Err(too_large());
         }
-        let bytes = read_limited(req.into_body(), limit)
+        let timeout = state.config.body_timeout();
+        let bytes = tokio::time::timeout(timeout, read_limited(req.into_body(), limit))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not received within {} s", timeout.as_secs()),
+                )
+            })?
             .map_err(|e| match e {
                 ReadError::TooLarge => too_large(),
                 ReadError::Io(e) => ApiError::bad_request(format!("cannot read request body: {e}")),

@@ -4,7 +4,6 @@
 //! data = `payload`), so it is durable, audited and visible on `/events` too.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
 
 use super::extract::Query;
@@ -14,9 +13,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::JsonBody;
-use super::events::{admit, resume_point, sse_response};
+use super::events::{admit, resume_point, sse_response, stream_body};
 use super::insert::{compact, store_records};
 use crate::auth::{Caller, StreamCaller};
+use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::names;
 use crate::sse::{self, Format};
@@ -46,6 +46,7 @@ pub struct SubscribeQuery {
 pub async fn subscribe(
     State(state): State<AppState>,
     StreamCaller(caller): StreamCaller,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Query(query): Query<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
@@ -67,7 +68,7 @@ pub async fn subscribe(
         None => format!("{:016x}", rand::random::<u64>()),
     };
     let start = resume_point(&headers, query.last_event_id.as_deref());
-    let slot = admit(&state)?;
+    let (slot, per_ip) = admit(&state, ip)?;
     let guard = state
         .presence
         .join(&client_id, caller.user.as_deref(), &channels);
@@ -79,7 +80,10 @@ pub async fn subscribe(
         expires_at: caller.expires_at,
     };
     let subscription = Subscription::new(&state, options, slot).with_presence(guard);
-    Ok(sse_response(Body::from_stream(subscription.into_stream())))
+    Ok(sse_response(stream_body(
+        subscription.into_stream(),
+        per_ip,
+    )))
 }
 
 /// Body of `POST /publish`.

@@ -1,14 +1,20 @@
 //! `GET /events` (alias `GET /sse`): the event stream.
 
+use std::convert::Infallible;
+use std::net::IpAddr;
+
 use axum::body::Body;
 use axum::extract::State;
-
-use super::extract::Query;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
+use super::extract::Query;
 use crate::auth::StreamCaller;
+use crate::client_ip::ClientIp;
+use crate::conn::IpSlot;
 use crate::error::ApiError;
 use crate::hub::StreamSlot;
 use crate::names;
@@ -31,6 +37,7 @@ pub struct EventsQuery {
 pub async fn events(
     State(state): State<AppState>,
     StreamCaller(caller): StreamCaller,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
@@ -54,7 +61,7 @@ pub async fn events(
         }
     };
     let start = resume_point(&headers, query.last_event_id.as_deref());
-    let slot = admit(&state)?;
+    let (slot, per_ip) = admit(&state, ip)?;
     let options = StreamOptions {
         filter: ChannelFilter::new(channels, caller.clone()),
         format,
@@ -63,7 +70,10 @@ pub async fn events(
         expires_at: caller.expires_at,
     };
     let subscription = Subscription::new(&state, options, slot);
-    Ok(sse_response(Body::from_stream(subscription.into_stream())))
+    Ok(sse_response(stream_body(
+        subscription.into_stream(),
+        per_ip,
+    )))
 }
 
 /// Where a stream resumes: the `Last-Event-ID` header, else the `last_event_id` query value.
@@ -72,18 +82,45 @@ pub fn resume_point(headers: &HeaderMap, query_value: Option<&str>) -> Start {
     Start::from_last_event_id(header.or(query_value))
 }
 
-/// Admits a new stream: 503 while shutting down or with `--max-streams` already open.
+/// Admits a new stream from the client address `ip`: 503 while shutting down or with
+/// `--max-streams` already open, 429 with `--max-streams-per-ip` open from `ip`. Both slots
+/// free themselves when dropped; keep the second with the body ([`stream_body`]). An unknown
+/// address (`0.0.0.0`: the router is served without connection info) is not capped.
 ///
 /// # Errors
-/// 503 with the reason.
-pub fn admit(state: &AppState) -> Result<StreamSlot, ApiError> {
+/// 503 or 429 with the reason.
+pub fn admit(state: &AppState, ip: IpAddr) -> Result<(StreamSlot, Option<IpSlot>), ApiError> {
     if !state.is_ready() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    state.hub.open_stream().ok_or_else(|| {
+    let per_ip = if ip.is_unspecified() {
+        None
+    } else {
+        let slot = state.streams_per_ip.slot(ip).ok_or_else(|| {
+            state.metrics.refused_streams_per_ip.inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many streams from your address",
+            )
+        })?;
+        Some(slot)
+    };
+    let slot = state.hub.open_stream().ok_or_else(|| {
         state.metrics.refused_streams.inc();
         ApiError::unavailable("too many open streams")
-    })
+    })?;
+    Ok((slot, per_ip))
+}
+
+/// A stream's response body, holding its address's stream slot until the stream ends.
+pub fn stream_body<S>(stream: S, per_ip: Option<IpSlot>) -> Body
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    Body::from_stream(stream.map(move |item| {
+        let _held = &per_ip;
+        item
+    }))
 }
 
 /// Wraps a stream body with the headers an SSE response needs.
