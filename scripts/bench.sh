@@ -4,11 +4,13 @@
 #
 #   scripts/bench.sh quick|full|hostile|soak
 #
-# hostile: a calm light-load run, then half-open connections, stalled subscribers and a
-# login flood, each against a fresh server (about 15 minutes; HALF_OPEN, STALLED_EVENTS and
-# RSS_STOP_MIB change their size). soak: live, stalled and reconnecting subscribers with the
-# attacks in the background for SOAK_SECONDS (default 1800), server memory over time.
-# A watchdog kills the server if its RSS passes RSS_KILL_MIB (default 12288).
+# hostile: a calm light-load run, then half-open connections, stalled subscribers (1 MiB
+# events, then 16 KiB ones) and a login flood, each against a fresh server (about 10 minutes;
+# HALF_OPEN and STALLED_EVENTS change their size). Inserting stops once the server's RSS
+# passes RSS_STOP_MIB (default 6144). soak: live, stalled and reconnecting subscribers with
+# the attacks in the background for SOAK_SECONDS (default 1800), server memory over time.
+# The server is killed if its RSS passes RSS_KILL_MIB (default 10240): by broker-bench,
+# which reads it every 100 ms, and by a watchdog here.
 #
 # To measure another server speaking node-sse-server's wire on identical work in the same
 # run, start it yourself and set NODE_SSE_URL (e.g. http://127.0.0.1:9090) and NODE_SSE_PID
@@ -28,7 +30,8 @@ dbs=$(mktemp -d)
 port=18500
 pid=
 watchdog_pid=
-RSS_KILL_MIB=${RSS_KILL_MIB:-12288}
+RSS_KILL_MIB=${RSS_KILL_MIB:-10240}
+RSS_STOP_MIB=${RSS_STOP_MIB:-6144}
 
 # Kills the server if its RSS passes RSS_KILL_MIB (a hostile scenario may make it grow
 # without bound; the machine must stay usable).
@@ -96,13 +99,21 @@ if [ "$suite" = hostile ]; then
   # The calm run of the same hour, then each attack against a fresh server.
   start_broker calm
   broker calm-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 20 --source-addrs 16
+  guard=(--rss-kill-mib "$RSS_KILL_MIB" --rss-stop-mib "$RSS_STOP_MIB")
   start_broker half-open
-  broker half-open --scenario half-open --half-open "${HALF_OPEN:-25000}" --duration 30 --source-addrs 4
+  broker half-open --scenario half-open --half-open "${HALF_OPEN:-25000}" --duration 30 \
+    --source-addrs 4 "${guard[@]}"
+  # Events of 1 MiB: --max-body must take 1 MiB and the JSON around it.
   start_broker stalled --max-body 2097152
   broker stalled --scenario stalled --stalled 100 --events "${STALLED_EVENTS:-4096}" --publishers 4 \
-    --duration 600 --rss-stop-mib "${RSS_STOP_MIB:-8192}" --source-addrs 4
+    --duration 600 --source-addrs 4 "${guard[@]}"
+  # The same with events of 16 KiB: the resumed subscribers' check at a size any server holds.
+  start_broker stalled-16k
+  broker stalled-16k --scenario stalled --stalled 100 --events "${STALLED_EVENTS:-4096}" \
+    --event-bytes 16384 --publishers 4 --duration 600 --source-addrs 4 "${guard[@]}"
   start_broker login-flood
-  broker login-flood --scenario login-flood --login-clients 300 --wrong-logins 3000 --duration 300
+  broker login-flood --scenario login-flood --login-clients 300 --wrong-logins 3000 --duration 300 \
+    "${guard[@]}"
 elif [ "$suite" = soak ]; then
   seconds=${SOAK_SECONDS:-1800}
   # Warm-up: the first 300 s, or the first quarter of a shorter soak.
@@ -110,7 +121,7 @@ elif [ "$suite" = soak ]; then
   start_broker soak
   broker soak --scenario soak --subscribers 5000 --publishers 4 --rate 200 --duration "$seconds" \
     --half-open 2000 --attack-workers 1 --login-rate 10 --probe-interval 1 --sample-every 5 \
-    --warmup "$warmup" --source-addrs 16
+    --warmup "$warmup" --source-addrs 16 --rss-kill-mib "$RSS_KILL_MIB"
 elif [ "$suite" = quick ]; then
   start_broker main
   floor 1000 100

@@ -43,6 +43,11 @@ pub struct HostileArgs {
     /// event a stalled reader has not taken would otherwise take the machine.
     #[arg(long, default_value_t = 8192)]
     pub rss_stop_mib: u64,
+    /// Kill the server (SIGKILL to `--server-pid`) if its RSS passes this many MiB, read
+    /// every 100 ms in every hostile scenario; 0: never. Keeps a runaway server from taking
+    /// the machine.
+    #[arg(long, default_value_t = 12288)]
+    pub rss_kill_mib: u64,
     /// Seconds the resumed subscribers have to receive every event.
     #[arg(long, default_value_t = 900.0)]
     pub resume_timeout: f64,

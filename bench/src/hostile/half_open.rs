@@ -454,14 +454,18 @@ impl Attack {
             .fold(Counts::default(), Counts::add)
     }
 
-    /// Stops the workers (closing their connections) and merges their results.
-    pub async fn finish(self) -> Result<Final, String> {
-        let mut all = Final::default();
-        for mut w in self.workers {
+    /// Stops the workers (closing their connections) and merges their results. Every worker
+    /// is told first: one that closes its connections frees the server's descriptors, and
+    /// the others' pending connections would then open and count.
+    pub async fn finish(mut self) -> Result<Final, String> {
+        for w in &mut self.workers {
             w.stdin
                 .write_all(b"stop\n")
                 .await
                 .map_err(|e| format!("half-open worker gone: {e}"))?;
+        }
+        let mut all = Final::default();
+        for mut w in self.workers {
             let done = w.reader.await.map_err(|e| e.to_string())??;
             let _ = w.child.wait().await;
             all.merge(done);

@@ -1,4 +1,6 @@
-//! The server's resident memory, read from /proc at a fixed interval while a scenario runs.
+//! The server's resident memory, read from /proc at a fixed interval while a scenario runs,
+//! with a guard: a server whose RSS passes a limit is killed, so that a hostile scenario
+//! cannot take the machine (the kernel's OOM killer might pick another process).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +20,15 @@ pub struct RssPoint {
     pub rss_kib: u64,
 }
 
+/// How often the guard reads the RSS, whatever the series' interval.
+const GUARD_EVERY: Duration = Duration::from_millis(100);
+
 /// Reads the server's RSS every interval in a task of its own.
 pub struct RssSampler {
     pid: Option<u32>,
     started: Instant,
     series: Arc<Mutex<Vec<RssPoint>>>,
+    killed: Arc<Mutex<Option<String>>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -40,26 +46,39 @@ pub struct Memory {
 }
 
 impl RssSampler {
-    /// Starts reading the RSS of `pid` every `every` (nothing without a pid).
-    pub fn start(pid: Option<u32>, every: Duration) -> Self {
+    /// Starts reading the RSS of `pid` every `every` (nothing without a pid); kills the
+    /// process (SIGKILL) if its RSS passes `kill_mib` MiB (0: never).
+    pub fn start(pid: Option<u32>, every: Duration, kill_mib: u64) -> Self {
         let started = Instant::now();
         let series = Arc::new(Mutex::new(Vec::new()));
+        let killed = Arc::new(Mutex::new(None));
         let task = pid.map(|pid| {
-            let series = series.clone();
+            let (series, killed) = (series.clone(), killed.clone());
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
+                let mut tick = tokio::time::interval(every.min(GUARD_EVERY));
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let mut next_point = Instant::now();
                 loop {
                     tick.tick().await;
                     let Some(rss_kib) = system::rss_kib(pid) else {
                         return;
                     };
-                    let point = RssPoint {
-                        t_s: started.elapsed().as_secs_f64(),
-                        rss_kib,
-                    };
-                    if let Ok(mut s) = series.lock() {
-                        s.push(point);
+                    let t_s = started.elapsed().as_secs_f64();
+                    if kill_mib > 0 && rss_kib > kill_mib * 1024 {
+                        let why = kill(pid, rss_kib, kill_mib, t_s).await;
+                        if let Ok(mut s) = series.lock() {
+                            s.push(RssPoint { t_s, rss_kib });
+                        }
+                        if let Ok(mut k) = killed.lock() {
+                            *k = Some(why);
+                        }
+                        return;
+                    }
+                    if Instant::now() >= next_point {
+                        next_point += every;
+                        if let Ok(mut s) = series.lock() {
+                            s.push(RssPoint { t_s, rss_kib });
+                        }
                     }
                 }
             })
@@ -68,8 +87,19 @@ impl RssSampler {
             pid,
             started,
             series,
+            killed,
             task,
         }
+    }
+
+    /// Why the guard killed the server, if it did.
+    pub fn killed(&self) -> Option<String> {
+        self.killed.lock().ok().and_then(|k| k.clone())
+    }
+
+    /// Whether the server is gone (killed by the guard, or exited): waiting on it is over.
+    pub fn server_gone(&self) -> bool {
+        self.killed().is_some() || self.pid.is_some_and(|pid| system::rss_kib(pid).is_none())
     }
 
     /// The RSS now, KiB (read at once, and kept in the series).
@@ -104,6 +134,25 @@ impl RssSampler {
         series.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
         series
     }
+}
+
+/// Kills `pid` with SIGKILL; says why.
+async fn kill(pid: u32, rss_kib: u64, kill_mib: u64, t_s: f64) -> String {
+    let status = tokio::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .await;
+    let why = format!(
+        "server RSS {:.0} MiB passed --rss-kill-mib {kill_mib} at {t_s:.1} s: killed{}",
+        rss_kib as f64 / 1024.0,
+        match status {
+            Ok(s) if s.success() => String::new(),
+            Ok(s) => format!(" (kill said {s})"),
+            Err(e) => format!(" (could not run kill: {e})"),
+        }
+    );
+    eprintln!("\nbroker-bench: {why}");
+    why
 }
 
 impl Drop for RssSampler {

@@ -55,7 +55,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let h = &args.hostile;
     let asked = h.half_open.unwrap_or(25_000);
     let seconds = args.duration_or(h.header_timeout + 10.0);
-    let rss = RssSampler::start(args.server_pid, Duration::from_millis(250));
+    let rss = RssSampler::start(args.server_pid, Duration::from_millis(250), h.rss_kill_mib);
     let idle = rss.now_kib();
     let (health, insert) = start_probes(args, setup);
     // A second of probes before the attack, for comparison.
@@ -82,7 +82,10 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
                 ),
             );
         }
-        if Instant::now() >= deadline || (all_opened_after.is_some() && c.open_now == 0) {
+        if Instant::now() >= deadline
+            || (all_opened_after.is_some() && c.open_now == 0)
+            || rss.server_gone()
+        {
             break;
         }
     }
@@ -91,6 +94,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let done = attack.finish().await?;
     let (health, insert) = (health.finish().await, insert.finish().await);
     let end = rss.now_kib();
+    let killed = rss.killed();
     let series = rss.stop();
     let c = done.counts;
     let result = HalfOpen {
@@ -109,7 +113,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     };
     let memory = Memory::new(idle, &series, end);
     let goals = goals(h.close_deadline(), &result, &health, &insert);
-    let markdown = markdown(
+    let mut markdown = markdown(
         args,
         run_seconds,
         &result,
@@ -118,6 +122,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         &memory,
         &goals,
     );
+    super::note_killed(&mut markdown, &killed);
     let json = json!({
         "scenario": "half-open",
         "args": args,
@@ -127,6 +132,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         "insert": insert,
         "memory": memory,
         "rss_series": series,
+        "server_killed": killed,
         "goals": goals,
     });
     Ok(Outcome {

@@ -25,7 +25,7 @@ const LEGIT_P99_MS: f64 = 1000.0;
 pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let h = &args.hostile;
     let seconds = args.duration_or(300.0);
-    let rss = RssSampler::start(args.server_pid, Duration::from_millis(100));
+    let rss = RssSampler::start(args.server_pid, Duration::from_millis(100), h.rss_kill_mib);
     let idle = rss.now_kib();
     let timeout = Duration::from_secs_f64(h.request_timeout.max(0.001));
     let legit = Prober::start(
@@ -51,7 +51,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         timeout,
         deadline: started + Duration::from_secs_f64(seconds),
     });
-    while !attack.is_finished() {
+    while !attack.is_finished() && !rss.server_gone() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t = started.elapsed().as_secs_f64();
         progress(
@@ -68,6 +68,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let attack = attack.finish().await;
     let legit = legit.finish().await;
     let end = rss.now_kib();
+    let killed = rss.killed();
     let series = rss.stop();
     let memory = Memory::new(idle, &series, end);
     let goals = goals(&memory, &legit, &attack);
@@ -109,6 +110,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
             markdown.push_str(&format!("\nfirst unanswered {who}: {e}\n"));
         }
     }
+    super::note_killed(&mut markdown, &killed);
     let json = json!({
         "scenario": "login-flood",
         "args": args,
@@ -116,6 +118,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         "legit": legit,
         "memory": memory,
         "rss_series": series,
+        "server_killed": killed,
         "goals": goals,
     });
     Ok(Outcome {

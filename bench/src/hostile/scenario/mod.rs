@@ -46,6 +46,13 @@ pub fn progress(args: &Args, line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Adds the guard's kill, if it killed the server, below a table.
+pub fn note_killed(markdown: &mut String, killed: &Option<String>) {
+    if let Some(why) = killed {
+        markdown.push_str(&format!("\n**the server was killed**: {why}\n"));
+    }
+}
+
 /// Ends the progress line.
 pub fn progress_done(args: &Args) {
     if !args.quiet {

@@ -8,7 +8,7 @@
 //! complete.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -45,6 +45,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let rss = RssSampler::start(
         args.server_pid,
         Duration::from_secs_f64(h.sample_every.max(0.1)),
+        h.rss_kill_mib,
     );
     let before = rss.now_kib();
 
@@ -112,6 +113,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     });
     let (health, insert) = start_probes(args, setup);
     let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut publishers = Vec::new();
     for index in 0..args.publishers.max(1) {
         let p = Publisher {
@@ -127,19 +129,22 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
             acked: acked.clone(),
             record_ids: true,
             budget: None,
-            stop: None,
+            stop: Some(stop.clone()),
         };
         publishers.push(tokio::spawn(p.run(deadline)));
     }
     while publishers.iter().any(|p| !p.is_finished()) {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if rss.server_gone() {
+            stop.store(true, Ordering::Relaxed);
+        }
         let t = started.elapsed().as_secs_f64();
         let (c, ho) = (counts(&groups), half_open.counts());
         progress(
             args,
             format_args!(
                 "[{t:6.0}s] inserts {} deliveries {} reconnects {} half-open {} wrong logins {} RSS {:.0} MiB",
-                acked.load(std::sync::atomic::Ordering::Relaxed),
+                acked.load(Ordering::Relaxed),
                 c.received,
                 reconnecting.received(),
                 ho.open_now,
@@ -169,16 +174,22 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
     loop {
         let c = counts(&groups);
-        if c.live_received >= inserts * c.live as u64 || Instant::now() >= drain_deadline {
+        if c.live_received >= inserts * c.live as u64
+            || Instant::now() >= drain_deadline
+            || rss.server_gone()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let expected = Expected::new(ids);
     reconnecting.finish(expected.last());
-    let resume_seconds = resume(args, &stalled, &expected, h.resume_timeout).await;
+    let resume_seconds = resume(args, &rss, &stalled, &expected, h.resume_timeout).await;
     let deadline = Instant::now() + Duration::from_secs_f64(h.resume_timeout);
-    while reconnecting.ended() < reconnecting.len() && Instant::now() < deadline {
+    while reconnecting.ended() < reconnecting.len()
+        && Instant::now() < deadline
+        && !rss.server_gone()
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (stalled, reconnecting) = (stalled.report(&expected), reconnecting.report(&expected));
@@ -192,6 +203,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         first_failure = first_failure.or(done.first_error);
     }
     let end = rss.now_kib();
+    let killed = rss.killed();
     let series = rss.stop();
     let memory = Memory::new(idle, &series, end);
     let flatness = Flatness::of(&series, h.warmup);
@@ -270,6 +282,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     if let Some(e) = &first_failure {
         markdown.push_str(&format!("\nfirst failed live subscriber: {e}\n"));
     }
+    super::note_killed(&mut markdown, &killed);
     let json = json!({
         "scenario": "soak",
         "args": args,
@@ -287,6 +300,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         "memory": memory,
         "flatness": flatness,
         "rss_series": series,
+        "server_killed": killed,
         "goals": goals,
     });
     Ok(Outcome { json, markdown, ok })

@@ -82,6 +82,10 @@ pub async fn insert(
     let mut stopped_early = None;
     while tasks.iter().any(|t| !t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if rss.server_gone() {
+            stop.store(true, Ordering::Relaxed);
+            stopped_early.get_or_insert_with(|| "the server is gone".to_owned());
+        }
         let now_kib = rss.peek_kib().unwrap_or(0);
         if stopped_early.is_none() && now_kib > stop_mib * 1024 {
             stop.store(true, Ordering::Relaxed);
@@ -126,12 +130,18 @@ pub async fn insert(
 }
 
 /// Lets `cohort` read up to the last acknowledged id; at most `timeout`. Seconds taken.
-pub async fn resume(args: &Args, cohort: &Cohort, expected: &Expected, timeout: f64) -> f64 {
+pub async fn resume(
+    args: &Args,
+    rss: &RssSampler,
+    cohort: &Cohort,
+    expected: &Expected,
+    timeout: f64,
+) -> f64 {
     let started = Instant::now();
     cohort.finish(expected.last());
     let deadline = started + Duration::from_secs_f64(timeout);
     let goal = expected.len() as u64 * cohort.len() as u64;
-    while cohort.ended() < cohort.len() && Instant::now() < deadline {
+    while cohort.ended() < cohort.len() && Instant::now() < deadline && !rss.server_gone() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let t = started.elapsed().as_secs_f64();
         progress(
@@ -173,7 +183,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
             failed.first_error.unwrap_or_default()
         ));
     }
-    let rss = RssSampler::start(args.server_pid, Duration::from_millis(250));
+    let rss = RssSampler::start(args.server_pid, Duration::from_millis(250), h.rss_kill_mib);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss.now_kib();
     let seconds = args.duration_or(300.0);
@@ -189,10 +199,11 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_inserts = rss.now_kib();
-    let resume_seconds = resume(args, &cohort, &inserts.expected, h.resume_timeout).await;
+    let resume_seconds = resume(args, &rss, &cohort, &inserts.expected, h.resume_timeout).await;
     let report = cohort.report(&inserts.expected);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let end = rss.now_kib();
+    let killed = rss.killed();
     let series = rss.stop();
     let memory = Memory::new(idle, &series, end);
     let goals = goals(h.events, &inserts, &memory, &report);
@@ -243,6 +254,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     if let Some(e) = &report.first_error {
         markdown.push_str(&format!("\nfirst failed subscriber: {e}\n"));
     }
+    super::note_killed(&mut markdown, &killed);
     let json = json!({
         "scenario": "stalled",
         "args": args,
@@ -258,6 +270,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         "resume_seconds": resume_seconds,
         "stalled": report,
         "rss_series": series,
+        "server_killed": killed,
         "goals": goals,
     });
     Ok(Outcome {
