@@ -119,7 +119,8 @@ elif [ "$suite" = soak ]; then
   # Warm-up: the first 300 s, or the first quarter of a shorter soak.
   warmup=$((seconds < 1200 ? seconds / 4 : 300))
   start_broker soak
-  broker soak --scenario soak --subscribers 5000 --publishers 4 --rate 200 --duration "$seconds" \
+  # 40 publishers at 5 inserts/s each: the rate holds while an insert takes up to 200 ms.
+  broker soak --scenario soak --subscribers 5000 --publishers 40 --rate 200 --duration "$seconds" \
     --half-open 2000 --attack-workers 1 --login-rate 10 --probe-interval 1 --sample-every 5 \
     --warmup "$warmup" --source-addrs 16 --rss-kill-mib "$RSS_KILL_MIB"
 elif [ "$suite" = quick ]; then

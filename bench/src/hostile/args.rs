@@ -81,7 +81,8 @@ pub struct HostileArgs {
     /// it every 0.25 s).
     #[arg(long, default_value_t = 5.0)]
     pub sample_every: f64,
-    /// Seconds at the start of the soak left out of the RSS flatness figure.
+    /// Seconds at the start of the soak's load left out of the RSS flatness figure (which
+    /// ends with the publishing).
     #[arg(long, default_value_t = 300.0)]
     pub warmup: f64,
     /// Internal: run as a worker process holding half-open connections.

@@ -92,6 +92,11 @@ impl RssSampler {
         }
     }
 
+    /// Seconds since the sampler started (the series' clock).
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     /// Why the guard killed the server, if it did.
     pub fn killed(&self) -> Option<String> {
         self.killed.lock().ok().and_then(|k| k.clone())
@@ -189,12 +194,14 @@ impl Memory {
     }
 }
 
-/// How flat a series is after `warmup` seconds: (min, mean, max) in MiB and the largest
+/// How flat a series is between two times: (min, mean, max) in MiB and the largest
 /// deviation from the mean, in percent of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Flatness {
-    /// Seconds left out at the start.
-    pub warmup_s: f64,
+    /// The first reading counted is at or after this (seconds of the series' clock).
+    pub from_s: f64,
+    /// The last one at or before this.
+    pub to_s: f64,
     /// Readings counted.
     pub points: usize,
     /// Lowest reading after warm-up.
@@ -208,11 +215,11 @@ pub struct Flatness {
 }
 
 impl Flatness {
-    /// Of the readings after `warmup` seconds; `None` when there are none.
-    pub fn of(series: &[RssPoint], warmup: f64) -> Option<Self> {
+    /// Of the readings from `from` to `to` seconds; `None` when there are none.
+    pub fn of(series: &[RssPoint], from: f64, to: f64) -> Option<Self> {
         let kept: Vec<f64> = series
             .iter()
-            .filter(|p| p.t_s >= warmup)
+            .filter(|p| p.t_s >= from && p.t_s <= to)
             .map(|p| p.rss_kib as f64 / 1024.0)
             .collect();
         if kept.is_empty() {
@@ -222,7 +229,8 @@ impl Flatness {
         let min = kept.iter().copied().fold(f64::MAX, f64::min);
         let max = kept.iter().copied().fold(0.0, f64::max);
         Some(Self {
-            warmup_s: warmup,
+            from_s: from,
+            to_s: to,
             points: kept.len(),
             min_mib: min,
             mean_mib: mean,
@@ -237,7 +245,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flatness_leaves_out_the_warm_up() {
+    fn flatness_counts_only_its_window() {
         let series: Vec<RssPoint> = [
             (0.0, 10_240),
             (5.0, 90_000),
@@ -247,11 +255,12 @@ mod tests {
         .into_iter()
         .map(|(t_s, rss_kib)| RssPoint { t_s, rss_kib })
         .collect();
-        let f = Flatness::of(&series, 10.0).expect("two readings");
+        let f = Flatness::of(&series, 10.0, 20.0).expect("two readings");
         assert_eq!(f.points, 2);
         assert!((f.mean_mib - 105.0).abs() < 1e-9);
         assert!((f.deviation_percent - 100.0 * 5.0 / 105.0).abs() < 1e-9);
-        assert!(Flatness::of(&series, 20.0).is_none());
+        assert_eq!(Flatness::of(&series, 5.0, 10.0).map(|f| f.points), Some(2));
+        assert!(Flatness::of(&series, 20.0, 30.0).is_none());
         let m = Memory::new(Some(10_240), &series, Some(51_200));
         assert_eq!(m.peak_mib, Some(110.0));
         assert_eq!(m.peak_over_idle_mib, Some(100.0));

@@ -99,6 +99,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
 
     // The attacks, the probes and the publishers.
     let started = Instant::now();
+    let load_from = rss.elapsed();
     let deadline = started + Duration::from_secs_f64(seconds);
     let half_open = Attack::spawn(args, h.half_open.unwrap_or(2000), true, seconds)?;
     let logins = LoginAttack::start(LoginSpec {
@@ -155,6 +156,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     }
     progress_done(args);
     let run_seconds = started.elapsed().as_secs_f64();
+    let load_to = rss.elapsed();
     let (mut inserts, mut insert_errors, mut ids) = (0, 0, Vec::new());
     let mut insert_latency = histogram();
     for p in publishers {
@@ -206,7 +208,8 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
     let killed = rss.killed();
     let series = rss.stop();
     let memory = Memory::new(idle, &series, end);
-    let flatness = Flatness::of(&series, h.warmup);
+    // Steady state: from the end of the warm-up to the end of publishing.
+    let flatness = Flatness::of(&series, load_from + h.warmup, load_to);
     let lost = (inserts * live.live as u64).saturating_sub(live.live_received);
     let delivery = Summary::of(&latency);
     let goals = goals(&flatness, lost, &live, live_n, &stalled, &reconnecting);
@@ -272,8 +275,14 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
                 .as_ref()
                 .map_or("no readings after warm-up".into(), |f| {
                     format!(
-                        "{:.1} / {:.1} / {:.1} MiB (±{:.1} %, {} readings after {} s)",
-                        f.min_mib, f.mean_mib, f.max_mib, f.deviation_percent, f.points, f.warmup_s
+                        "{:.1} / {:.1} / {:.1} MiB (±{:.1} %, {} readings from {:.0} to {:.0} s)",
+                        f.min_mib,
+                        f.mean_mib,
+                        f.max_mib,
+                        f.deviation_percent,
+                        f.points,
+                        f.from_s,
+                        f.to_s
                     )
                 }),
         ),
