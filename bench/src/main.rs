@@ -17,6 +17,7 @@ mod group;
 mod hostile;
 mod profile;
 mod publisher;
+mod raw_client;
 mod raw_http;
 mod report;
 mod stats;

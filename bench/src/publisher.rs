@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::Wire;
 use crate::profile::{self, Sample};
-use crate::raw_http::RawClient;
+use crate::raw_client::RawClient;
 use crate::stats::{histogram, now_us};
 
 /// What a publisher reports when it is done.

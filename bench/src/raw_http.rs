@@ -1,6 +1,6 @@
 //! A lean HTTP/1.1 client on plain `http://`: an event stream (a single `GET` on a TCP
-//! connection bound to a source address, then the decoded body bytes), and a kept-alive
-//! client for the publishers' POSTs and one-off requests.
+//! connection bound to a source address, then the decoded body bytes); the connection and
+//! response reading that [`crate::raw_client`] shares.
 //!
 //! The tool holds tens of thousands of streams on the machine it measures, so each costs one
 //! socket and a small buffer rather than a general HTTP client's connection state, and a
@@ -17,7 +17,7 @@ use crate::chunked::Chunked;
 /// Bytes read from the socket per call, unless a stream asks for more.
 const READ_SIZE: usize = 4096;
 /// The longest response head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
 /// An open event stream: the response was 2xx and its body follows.
 pub struct RawStream {
@@ -26,9 +26,9 @@ pub struct RawStream {
 }
 
 /// A TCP connection and the bytes read from it but not yet used.
-struct Connection {
-    tcp: TcpStream,
-    raw: Vec<u8>,
+pub(crate) struct Connection {
+    pub(crate) tcp: TcpStream,
+    pub(crate) raw: Vec<u8>,
     /// Spare room made before each read.
     read_size: usize,
 }
@@ -57,7 +57,7 @@ impl Default for StreamOptions {
 
 /// How the response body is delimited.
 #[derive(Debug)]
-enum Framing {
+pub(crate) enum Framing {
     Chunked(Chunked),
     Length(u64),
     UntilClose,
@@ -67,7 +67,7 @@ enum Framing {
 #[derive(Debug, Clone)]
 pub struct Target {
     server: SocketAddr,
-    host: String,
+    pub(crate) host: String,
 }
 
 impl Target {
@@ -111,7 +111,7 @@ fn path_of(url: &reqwest::Url) -> String {
 
 impl Connection {
     /// Connects to `target` from `local`.
-    async fn open(target: &Target, local: Option<IpAddr>) -> Result<Self, String> {
+    pub(crate) async fn open(target: &Target, local: Option<IpAddr>) -> Result<Self, String> {
         Self::open_with(target, local, None, READ_SIZE).await
     }
 
@@ -159,7 +159,7 @@ impl Connection {
     }
 
     /// Reads a response head: its status, how its body is framed, and its `retry-after`.
-    async fn read_head(&mut self) -> Result<(u16, Framing, Option<String>), String> {
+    pub(crate) async fn read_head(&mut self) -> Result<(u16, Framing, Option<String>), String> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
@@ -228,7 +228,7 @@ impl Connection {
     }
 
     /// Reads a whole body (up to `limit` bytes are kept).
-    async fn read_whole_body(
+    pub(crate) async fn read_whole_body(
         &mut self,
         mut body: Framing,
         limit: usize,
@@ -319,153 +319,4 @@ impl RawStream {
             .set_recv_buffer_size(bytes)
             .map_err(|e| format!("cannot set SO_RCVBUF: {e}"))
     }
-}
-
-/// A whole response: its status and (the first 16 KiB of) its body.
-#[derive(Debug, Clone)]
-pub struct Response {
-    /// The status code.
-    pub status: u16,
-    /// The body, cut at 16 KiB.
-    pub body: Vec<u8>,
-    /// The `retry-after` header, if any.
-    pub retry_after: Option<String>,
-}
-
-/// A kept-alive connection for requests with JSON bodies, one at a time, reconnecting when
-/// the server closes it: the publishers' client, as lean as the streams'.
-pub struct RawClient {
-    target: Target,
-    local: Option<IpAddr>,
-    conn: Option<Connection>,
-}
-
-impl RawClient {
-    /// A client connected to the server of `url` (it reconnects when the server closes).
-    pub async fn connect(url: &reqwest::Url, local: Option<IpAddr>) -> Result<Self, String> {
-        let target = Target::resolve(url).await?;
-        let conn = Connection::open(&target, local).await?;
-        Ok(Self {
-            target,
-            local,
-            conn: Some(conn),
-        })
-    }
-
-    /// A client that connects at its first request (which is then not sent twice): with a
-    /// `connection: close` header, a one-off request on a connection of its own.
-    pub fn lazy(target: Target, local: Option<IpAddr>) -> Self {
-        Self {
-            target,
-            local,
-            conn: None,
-        }
-    }
-
-    /// The source address it connects from.
-    pub fn local(&self) -> Option<IpAddr> {
-        self.local
-    }
-
-    /// POSTs `body` (JSON) to `path`; returns the response once it is read whole.
-    pub async fn post_json(
-        &mut self,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> Result<Response, String> {
-        let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-        let headers = format!("content-type: application/json\r\n{auth}");
-        self.request("POST", path, &headers, Some(body)).await
-    }
-
-    /// Sends `method path` with `headers` (each line ending in CRLF) and a body when given;
-    /// returns the response once it is read whole.
-    pub async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &str,
-        body: Option<&[u8]>,
-    ) -> Result<Response, String> {
-        let length = body.map_or(String::new(), |b| {
-            format!("content-length: {}\r\n", b.len())
-        });
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\n{headers}{length}\r\n",
-            self.target.host,
-        )
-        .into_bytes();
-        request.extend_from_slice(body.unwrap_or_default());
-        // A kept-alive connection the server has closed meanwhile fails before any answer:
-        // the request was not taken, so it goes again once on a new connection.
-        let reused = self.conn.is_some();
-        match self.exchange(&request).await {
-            Err(Failure::Unanswered(_)) if reused => {}
-            Err(Failure::Unanswered(e) | Failure::Broken(e)) => return Err(e),
-            Ok(response) => return Ok(response),
-        }
-        self.exchange(&request)
-            .await
-            .map_err(|(Failure::Unanswered(e) | Failure::Broken(e))| e)
-    }
-
-    /// Sends one request and reads its whole response, on the open connection or a new one.
-    async fn exchange(&mut self, request: &[u8]) -> Result<Response, Failure> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(
-                Connection::open(&self.target, self.local)
-                    .await
-                    .map_err(Failure::Broken)?,
-            ),
-        };
-        let result = async {
-            conn.tcp
-                .write_all(request)
-                .await
-                .map_err(|e| Failure::Unanswered(e.to_string()))?;
-            let (status, framing, retry_after) = conn.read_head().await.map_err(|e| {
-                if conn.raw.is_empty() {
-                    Failure::Unanswered(e)
-                } else {
-                    Failure::Broken(e)
-                }
-            })?;
-            let close = matches!(framing, Framing::UntilClose);
-            let body = conn
-                .read_whole_body(framing, MAX_HEAD)
-                .await
-                .map_err(Failure::Broken)?;
-            Ok((
-                Response {
-                    status,
-                    body,
-                    retry_after,
-                },
-                close,
-            ))
-        }
-        .await;
-        match result {
-            Ok((response, close)) => {
-                if close {
-                    self.conn = None;
-                }
-                Ok(response)
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Why an exchange failed.
-enum Failure {
-    /// Nothing came back: the server did not take the request.
-    Unanswered(String),
-    /// The connection broke mid-answer, or could not be made.
-    Broken(String),
 }

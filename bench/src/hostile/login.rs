@@ -16,7 +16,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::hostile::half_open::attack_addr;
 use crate::hostile::probe::statuses;
-use crate::raw_http::{RawClient, Target};
+use crate::raw_client::RawClient;
+use crate::raw_http::Target;
 use crate::stats::{Summary, histogram};
 
 /// How the attack goes.

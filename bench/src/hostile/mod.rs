@@ -20,6 +20,7 @@
 pub mod args;
 mod cohort;
 mod half_open;
+mod half_open_workers;
 mod login;
 mod probe;
 mod rss;
@@ -34,7 +35,7 @@ use serde::Serialize;
 use crate::config::{Args, Scenario, Wire};
 use crate::raw_http::Target;
 
-pub use half_open::serve_worker as serve_half_open_worker;
+pub use half_open_workers::serve_worker as serve_half_open_worker;
 
 /// The probes' and the legitimate client's source address.
 const WELL_BEHAVED: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

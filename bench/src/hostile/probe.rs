@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::raw_http::{RawClient, Target};
+use crate::raw_client::RawClient;
+use crate::raw_http::Target;
 use crate::stats::{Summary, histogram};
 
 /// What a probe asks.
@@ -257,7 +258,7 @@ impl Prober {
     }
 }
 
-type Outcome = Result<Result<crate::raw_http::Response, String>, tokio::time::error::Elapsed>;
+type Outcome = Result<Result<crate::raw_client::Response, String>, tokio::time::error::Elapsed>;
 
 fn record(state: &Mutex<State>, window: u64, outcome: Outcome, elapsed: Duration) {
     let Ok(mut s) = state.lock() else {

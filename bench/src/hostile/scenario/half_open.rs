@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{progress, progress_done, start_probes};
 use crate::config::Args;
-use crate::hostile::half_open::Attack;
+use crate::hostile::half_open_workers::Attack;
 use crate::hostile::probe::ProbeReport;
 use crate::hostile::rss::{Memory, RssSampler};
 use crate::hostile::{Goal, Outcome, Setup, ms, table};

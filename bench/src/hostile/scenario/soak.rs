@@ -19,7 +19,7 @@ use super::{progress, progress_done, start_probes};
 use crate::config::Args;
 use crate::group::{self, Counts, Group, LocalGroup, Spec, WorkerGroup};
 use crate::hostile::cohort::{Cohort, CohortReport};
-use crate::hostile::half_open::Attack;
+use crate::hostile::half_open_workers::Attack;
 use crate::hostile::login::{LoginAttack, Spec as LoginSpec};
 use crate::hostile::rss::{Flatness, Memory, RssSampler};
 use crate::hostile::tracked::Mode;
