@@ -2,7 +2,15 @@
 # Runs broker-bench suites against a release build of Broker on this machine, writes the
 # results (JSON and Markdown) and the PNG plots under bench-results/<suite>/.
 #
-#   scripts/bench.sh quick|full
+#   scripts/bench.sh quick|full|hostile|soak
+#
+# hostile: a calm light-load run, then half-open connections, stalled subscribers (1 MiB
+# events, then 16 KiB ones) and a login flood, each against a fresh server (about 10 minutes;
+# HALF_OPEN and STALLED_EVENTS change their size). Inserting stops once the server's RSS
+# passes RSS_STOP_MIB (default 6144). soak: live, stalled and reconnecting subscribers with
+# the attacks in the background for SOAK_SECONDS (default 1800), server memory over time.
+# The server is killed if its RSS passes RSS_KILL_MIB (default 10240): by broker-bench,
+# which reads it every 100 ms, and by a watchdog here.
 #
 # To measure another server speaking node-sse-server's wire on identical work in the same
 # run, start it yourself and set NODE_SSE_URL (e.g. http://127.0.0.1:9090) and NODE_SSE_PID
@@ -10,16 +18,52 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${1:-quick}
+case $suite in
+  quick | full | hostile | soak) ;;
+  *) echo "usage: scripts/bench.sh quick|full|hostile|soak" >&2; exit 2 ;;
+esac
 cargo build --release -p broker -p broker-bench
 out=bench-results/$suite
 rm -rf "$out"
 mkdir -p "$out"
-db=$(mktemp -d)
+dbs=$(mktemp -d)
 port=18500
-trap 'kill $pid ${bare_pid:-} 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$db"' EXIT
-target/release/broker --host 127.0.0.1 --port $port --db "$db" --max-streams 200000 2>"$out/broker.log" &
-pid=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.1; done
+pid=
+watchdog_pid=
+RSS_KILL_MIB=${RSS_KILL_MIB:-10240}
+RSS_STOP_MIB=${RSS_STOP_MIB:-6144}
+
+# Kills the server if its RSS passes RSS_KILL_MIB (a hostile scenario may make it grow
+# without bound; the machine must stay usable).
+watchdog() {
+  local rss
+  while kill -0 "$pid" 2>/dev/null; do
+    rss=$(awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    if [ "${rss:-0}" -gt "$RSS_KILL_MIB" ]; then
+      echo "!! broker RSS $rss MiB passed $RSS_KILL_MIB MiB: killed" | tee -a "$out/watchdog.txt" >&2
+      kill -9 "$pid"
+      return
+    fi
+    sleep 0.5
+  done
+}
+stop_broker() {
+  if [ -n "$watchdog_pid" ]; then kill "$watchdog_pid" 2>/dev/null || true; wait "$watchdog_pid" 2>/dev/null || true; fi
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  pid= watchdog_pid=
+}
+start_broker() { # name, then extra flags: a fresh server with an empty database
+  local name=$1
+  shift
+  stop_broker
+  target/release/broker --host 127.0.0.1 --port $port --db "$dbs/$name" --max-streams 200000 "$@" \
+    2>"$out/broker-$name.log" &
+  pid=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.1; done
+  watchdog &
+  watchdog_pid=$!
+}
+trap 'stop_broker; kill ${bare_pid:-} 2>/dev/null || true; rm -rf "$dbs"' EXIT
 
 run() { # file label, URL, pid, server name, then broker-bench arguments
   local label=$1 url=$2 spid=$3 name=$4; shift 4
@@ -51,7 +95,36 @@ floor() { # the kernel's own cost per loopback write and read, for the report
   target/release/broker-bench-floor --connections "$1" --rounds "$2" | tee "$out/floor-$1.txt"
 }
 
-if [ "$suite" = quick ]; then
+if [ "$suite" = hostile ]; then
+  # The calm run of the same hour, then each attack against a fresh server.
+  start_broker calm
+  broker calm-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 20 --source-addrs 16
+  guard=(--rss-kill-mib "$RSS_KILL_MIB" --rss-stop-mib "$RSS_STOP_MIB")
+  start_broker half-open
+  broker half-open --scenario half-open --half-open "${HALF_OPEN:-25000}" --duration 30 \
+    --source-addrs 4 "${guard[@]}"
+  # Events of 1 MiB: --max-body must take 1 MiB and the JSON around it.
+  start_broker stalled --max-body 2097152
+  broker stalled --scenario stalled --stalled 100 --events "${STALLED_EVENTS:-4096}" --publishers 4 \
+    --duration 600 --source-addrs 4 "${guard[@]}"
+  # The same with events of 16 KiB: the resumed subscribers' check at a size any server holds.
+  start_broker stalled-16k
+  broker stalled-16k --scenario stalled --stalled 100 --events "${STALLED_EVENTS:-4096}" \
+    --event-bytes 16384 --publishers 4 --duration 600 --source-addrs 4 "${guard[@]}"
+  start_broker login-flood
+  broker login-flood --scenario login-flood --login-clients 300 --wrong-logins 3000 --duration 300 \
+    "${guard[@]}"
+elif [ "$suite" = soak ]; then
+  seconds=${SOAK_SECONDS:-1800}
+  # Warm-up: the first 300 s, or the first quarter of a shorter soak.
+  warmup=$((seconds < 1200 ? seconds / 4 : 300))
+  start_broker soak
+  # 40 publishers at 5 inserts/s each: the rate holds while an insert takes up to 200 ms.
+  broker soak --scenario soak --subscribers 5000 --publishers 40 --rate 200 --duration "$seconds" \
+    --half-open 2000 --attack-workers 1 --login-rate 10 --probe-interval 1 --sample-every 5 \
+    --warmup "$warmup" --source-addrs 16 --rss-kill-mib "$RSS_KILL_MIB"
+elif [ "$suite" = quick ]; then
+  start_broker main
   floor 1000 100
   broker light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   broker fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
@@ -63,6 +136,7 @@ if [ "$suite" = quick ]; then
   node_sse node-sse-server-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   node_sse node-sse-server-fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
 else
+  start_broker main
   floor 1000 300
   floor 9000 30
   # Memory first, while the server is fresh.

@@ -2,6 +2,27 @@
 
 use clap::{Parser, ValueEnum};
 
+use crate::hostile::args::HostileArgs;
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Subscribers and publishers: fan-out latency, throughput, loss, memory.
+    Load,
+    /// Connections that send one request line and then nothing, while probes time
+    /// `/health` and `/insert`; when does the server close them?
+    HalfOpen,
+    /// Subscribers that stop reading while large events are inserted: the server's memory,
+    /// then whether each receives every event in order once it resumes.
+    Stalled,
+    /// Concurrent wrong-password logins for one user while a legitimate client logs in.
+    LoginFlood,
+    /// Live, stalled and reconnecting subscribers with the half-open and login attacks in
+    /// the background, for a long time: server memory over time, nothing lost.
+    Soak,
+}
+
 /// Which server wire to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -23,6 +44,10 @@ pub struct Args {
     /// Base URL of the server under test.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// What to run (`load`: the fan-out benchmark; the others are hostile clients, broker
+    /// profile only).
+    #[arg(long, value_enum, default_value = "load")]
+    pub scenario: Scenario,
     /// Wire profile.
     #[arg(long, value_enum, default_value = "broker")]
     pub profile: Wire,
@@ -39,9 +64,10 @@ pub struct Args {
     /// in one commit and delivered to each subscriber in one write.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub batch: u64,
-    /// Seconds of publishing.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// Seconds of publishing (load: 10 by default), or the time bound of a hostile scenario
+    /// (half-open: --header-timeout + 10; stalled and login-flood: 300; soak: 1800).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Seconds to wait after publishing for every delivery to arrive.
     #[arg(long, default_value_t = 15.0)]
     pub drain: f64,
@@ -101,4 +127,14 @@ pub struct Args {
     /// Internal: the number of groups.
     #[arg(long, hide = true, default_value_t = 1)]
     pub worker_groups: usize,
+    /// The hostile scenarios' settings.
+    #[command(flatten)]
+    pub hostile: HostileArgs,
+}
+
+impl Args {
+    /// `--duration`, or this scenario's default.
+    pub fn duration_or(&self, default: f64) -> f64 {
+        self.duration.unwrap_or(default)
+    }
 }

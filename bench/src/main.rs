@@ -8,12 +8,16 @@
 //! Layout: [`config`] (command line), [`profile`] (the two wires), [`subscriber`] (one SSE
 //! stream, over [`raw_http`] or reqwest), [`group`] (subscribers in this process or in worker
 //! processes), [`publisher`], [`stats`] (histograms), [`system`] (rlimit, /proc), [`report`]
-//! (JSON and Markdown).
+//! (JSON and Markdown). The hostile scenarios (`--scenario half-open|stalled|login-flood|soak`)
+//! are in [`hostile`].
 
+mod chunked;
 mod config;
 mod group;
+mod hostile;
 mod profile;
 mod publisher;
+mod raw_client;
 mod raw_http;
 mod report;
 mod stats;
@@ -29,7 +33,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use broker_bench::system;
-use config::{Args, Wire};
+use config::{Args, Scenario, Wire};
 use group::{Counts, Group, LocalGroup, Spec, WorkerGroup};
 use report::Results;
 use stats::{Summary, histogram};
@@ -37,6 +41,28 @@ use stats::{Summary, histogram};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.hostile.half_open_worker {
+        return match hostile::serve_half_open_worker(&args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("broker-bench half-open worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.scenario != Scenario::Load {
+        return match hostile::run(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("broker-bench: events lost, duplicated or out of order (see above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("broker-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.worker {
         let served = match clients(args.source_addrs) {
             Ok(clients) => group::serve_worker(&args, clients).await,
@@ -305,7 +331,7 @@ async fn run(args: Args) -> Result<Results, String> {
     let cpu_server_start = args.server_pid.and_then(system::cpu_seconds);
     let cpu_tool_start = tool_cpu(&worker_pids);
     let publish_start = Instant::now();
-    let deadline = publish_start + Duration::from_secs_f64(args.duration);
+    let deadline = publish_start + Duration::from_secs_f64(args.duration_or(10.0));
     let per_publisher_rate = if args.rate > 0.0 {
         args.rate / args.publishers.max(1) as f64
     } else {
@@ -325,6 +351,9 @@ async fn run(args: Args) -> Result<Results, String> {
             batch: args.batch as usize,
             pad: pad.clone(),
             acked: acked.clone(),
+            record_ids: false,
+            budget: None,
+            stop: None,
         };
         publishers.push(tokio::spawn(p.run(deadline)));
     }

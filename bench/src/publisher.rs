@@ -2,7 +2,7 @@
 //! recording the latency of each acknowledged publish.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::Wire;
 use crate::profile::{self, Sample};
-use crate::raw_http::RawClient;
+use crate::raw_client::RawClient;
 use crate::stats::{histogram, now_us};
 
 /// What a publisher reports when it is done.
@@ -23,6 +23,8 @@ pub struct Outcome {
     pub errors: u64,
     /// Publish latency (µs) of the acknowledged requests.
     pub latency: Histogram<u64>,
+    /// The ids the server gave the acknowledged inserts (with [`Publisher::record_ids`]).
+    pub ids: Vec<u64>,
 }
 
 /// Everything a publisher needs.
@@ -47,6 +49,12 @@ pub struct Publisher {
     pub pad: String,
     /// Shared count of acknowledged samples (for the progress line).
     pub acked: Arc<AtomicU64>,
+    /// Keep the id of every acknowledged insert (single events on the broker wire).
+    pub record_ids: bool,
+    /// Events left to publish between all publishers that share it; `None`: no limit.
+    pub budget: Option<Arc<AtomicU64>>,
+    /// Set to stop publishing at once.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// How long a publish may take before it counts as an error.
@@ -72,23 +80,35 @@ impl Client {
         }
     }
 
-    /// POSTs a JSON body; whether the server answered 2xx within [`PUBLISH_TIMEOUT`].
-    async fn post(&mut self, base: &str, path: &str, token: Option<&str>, body: &Value) -> bool {
+    /// POSTs a JSON body; the response body when the server answered 2xx within
+    /// [`PUBLISH_TIMEOUT`].
+    async fn post(
+        &mut self,
+        base: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Option<Vec<u8>> {
         tokio::time::timeout(PUBLISH_TIMEOUT, self.send(base, path, token, body))
             .await
-            .unwrap_or(false)
+            .ok()
+            .flatten()
     }
 
-    async fn send(&mut self, base: &str, path: &str, token: Option<&str>, body: &Value) -> bool {
+    async fn send(
+        &mut self,
+        base: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Option<Vec<u8>> {
         match self {
             Self::Raw(client) => {
-                let Ok(bytes) = serde_json::to_vec(body) else {
-                    return false;
-                };
-                client
-                    .post_json(path, token, &bytes)
-                    .await
-                    .is_ok_and(|status| (200..300).contains(&status))
+                let bytes = serde_json::to_vec(body).ok()?;
+                let response = client.post_json(path, token, &bytes).await.ok()?;
+                (200..300)
+                    .contains(&response.status)
+                    .then_some(response.body)
             }
             Self::Reqwest(http) => {
                 let mut req = http.post(format!("{base}{path}")).json(body);
@@ -96,12 +116,28 @@ impl Client {
                     req = req.bearer_auth(token);
                 }
                 match req.send().await {
-                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
-                    _ => false,
+                    Ok(resp) if resp.status().is_success() => {
+                        resp.bytes().await.ok().map(|b| b.to_vec())
+                    }
+                    _ => None,
                 }
             }
         }
     }
+}
+
+/// The `id` of an insert's answer (`{"id":"42",...}`).
+pub fn insert_id(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Inserted<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Inserted<'_>>(body)
+        .ok()?
+        .id
+        .parse()
+        .ok()
 }
 
 impl Publisher {
@@ -111,6 +147,7 @@ impl Publisher {
             acknowledged: 0,
             errors: 0,
             latency: histogram(),
+            ids: Vec::new(),
         };
         let batch = self.batch.max(1);
         let mut ticker = (self.rate > 0.0).then(|| {
@@ -124,6 +161,22 @@ impl Publisher {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;
             }
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+            {
+                break;
+            }
+            if let Some(left) = &self.budget
+                && left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        n.checked_sub(batch as u64)
+                    })
+                    .is_err()
+            {
+                break;
+            }
             let sent_us = now_us();
             let samples: Vec<_> = (seq..seq + batch as u64)
                 .map(|seq| {
@@ -136,11 +189,16 @@ impl Publisher {
                 })
                 .collect();
             let (path, body) = profile::publish(self.wire, &self.channel, &samples);
-            let acknowledged = self
+            let answer = self
                 .http
                 .post(&self.base, path, self.token.as_deref(), &body)
                 .await;
-            if acknowledged {
+            if let Some(answer) = answer {
+                if self.record_ids
+                    && let Some(id) = insert_id(&answer)
+                {
+                    outcome.ids.push(id);
+                }
                 outcome.acknowledged += batch as u64;
                 self.acked.fetch_add(batch as u64, Ordering::Relaxed);
                 let _ = outcome

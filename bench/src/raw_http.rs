@@ -1,6 +1,6 @@
 //! A lean HTTP/1.1 client on plain `http://`: an event stream (a single `GET` on a TCP
-//! connection bound to a source address, then the decoded body bytes), and a kept-alive
-//! client for the publishers' POSTs.
+//! connection bound to a source address, then the decoded body bytes); the connection and
+//! response reading that [`crate::raw_client`] shares.
 //!
 //! The tool holds tens of thousands of streams on the machine it measures, so each costs one
 //! socket and a small buffer rather than a general HTTP client's connection state, and a
@@ -12,10 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Bytes read from the socket per call.
+use crate::chunked::Chunked;
+
+/// Bytes read from the socket per call, unless a stream asks for more.
 const READ_SIZE: usize = 4096;
 /// The longest response head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
 /// An open event stream: the response was 2xx and its body follows.
 pub struct RawStream {
@@ -24,14 +26,38 @@ pub struct RawStream {
 }
 
 /// A TCP connection and the bytes read from it but not yet used.
-struct Connection {
-    tcp: TcpStream,
-    raw: Vec<u8>,
+pub(crate) struct Connection {
+    pub(crate) tcp: TcpStream,
+    pub(crate) raw: Vec<u8>,
+    /// Spare room made before each read.
+    read_size: usize,
+}
+
+/// How an event stream's connection is made.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// `SO_RCVBUF` set before connecting (a small one makes a reader that stops reading stall
+    /// the server's writes early); `None` leaves the kernel's default.
+    pub recv_buffer: Option<u32>,
+    /// Bytes read per call (large bodies read faster in large reads).
+    pub read_size: usize,
+    /// Sent as `Last-Event-ID`.
+    pub last_event_id: Option<String>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            recv_buffer: None,
+            read_size: READ_SIZE,
+            last_event_id: None,
+        }
+    }
 }
 
 /// How the response body is delimited.
 #[derive(Debug)]
-enum Framing {
+pub(crate) enum Framing {
     Chunked(Chunked),
     Length(u64),
     UntilClose,
@@ -41,10 +67,24 @@ enum Framing {
 #[derive(Debug, Clone)]
 pub struct Target {
     server: SocketAddr,
-    host: String,
+    pub(crate) host: String,
 }
 
 impl Target {
+    /// The server at `server`.
+    #[cfg(test)]
+    pub fn at(server: SocketAddr) -> Self {
+        Self {
+            server,
+            host: server.to_string(),
+        }
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     /// Resolves the host of `url` (`http://host:port/...`).
     pub async fn resolve(url: &reqwest::Url) -> Result<Self, String> {
         let host = url.host_str().ok_or("the URL has no host")?;
@@ -71,7 +111,17 @@ fn path_of(url: &reqwest::Url) -> String {
 
 impl Connection {
     /// Connects to `target` from `local`.
-    async fn open(target: &Target, local: Option<IpAddr>) -> Result<Self, String> {
+    pub(crate) async fn open(target: &Target, local: Option<IpAddr>) -> Result<Self, String> {
+        Self::open_with(target, local, None, READ_SIZE).await
+    }
+
+    /// Connects to `target` from `local`, with a receive buffer of `recv_buffer` bytes.
+    async fn open_with(
+        target: &Target,
+        local: Option<IpAddr>,
+        recv_buffer: Option<u32>,
+        read_size: usize,
+    ) -> Result<Self, String> {
         let socket = if target.server.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -83,6 +133,11 @@ impl Connection {
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(|e| format!("cannot bind {ip}: {e}"))?;
         }
+        if let Some(size) = recv_buffer {
+            socket
+                .set_recv_buffer_size(size)
+                .map_err(|e| format!("cannot set SO_RCVBUF: {e}"))?;
+        }
         let tcp = socket
             .connect(target.server)
             .await
@@ -90,20 +145,21 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         Ok(Self {
             tcp,
-            raw: Vec::with_capacity(READ_SIZE),
+            raw: Vec::with_capacity(read_size),
+            read_size,
         })
     }
 
     async fn read_some(&mut self) -> Result<usize, String> {
-        self.raw.reserve(READ_SIZE);
+        self.raw.reserve(self.read_size);
         self.tcp
             .read_buf(&mut self.raw)
             .await
             .map_err(|e| e.to_string())
     }
 
-    /// Reads a response head: its status and how its body is framed.
-    async fn read_head(&mut self) -> Result<(u16, Framing), String> {
+    /// Reads a response head: its status, how its body is framed, and its `retry-after`.
+    pub(crate) async fn read_head(&mut self) -> Result<(u16, Framing, Option<String>), String> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
@@ -111,8 +167,13 @@ impl Connection {
                 httparse::Status::Complete(len) => {
                     let status = response.code.unwrap_or(0);
                     let body = framing(response.headers)?;
+                    let retry_after = response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("retry-after"))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned());
                     self.raw.drain(..len);
-                    return Ok((status, body));
+                    return Ok((status, body, retry_after));
                 }
                 httparse::Status::Partial if self.raw.len() >= MAX_HEAD => {
                     return Err("response head too long".into());
@@ -167,7 +228,7 @@ impl Connection {
     }
 
     /// Reads a whole body (up to `limit` bytes are kept).
-    async fn read_whole_body(
+    pub(crate) async fn read_whole_body(
         &mut self,
         mut body: Framing,
         limit: usize,
@@ -189,11 +250,26 @@ pub async fn open(
     local: Option<IpAddr>,
     token: Option<&str>,
 ) -> Result<RawStream, String> {
+    open_with(url, local, token, &StreamOptions::default()).await
+}
+
+/// [`open`], with a connection made as `options` asks.
+pub async fn open_with(
+    url: &reqwest::Url,
+    local: Option<IpAddr>,
+    token: Option<&str>,
+    options: &StreamOptions,
+) -> Result<RawStream, String> {
     let target = Target::resolve(url).await?;
-    let mut conn = Connection::open(&target, local).await?;
+    let mut conn =
+        Connection::open_with(&target, local, options.recv_buffer, options.read_size).await?;
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let resume = options
+        .last_event_id
+        .as_ref()
+        .map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
     let request = format!(
-        "GET {} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{auth}\r\n",
+        "GET {} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{auth}{resume}\r\n",
         path_of(url),
         target.host
     );
@@ -201,7 +277,7 @@ pub async fn open(
         .write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let (status, body) = conn.read_head().await?;
+    let (status, body, _) = conn.read_head().await?;
     if !(200..300).contains(&status) {
         let text = conn.read_whole_body(body, MAX_HEAD).await?;
         return Err(format!("{status} {}", String::from_utf8_lossy(&text)));
@@ -234,229 +310,13 @@ impl RawStream {
     pub async fn read_into(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
         self.conn.read_body(&mut self.body, out).await
     }
-}
 
-/// A kept-alive connection for requests with JSON bodies, one at a time, reconnecting when
-/// the server closes it: the publishers' client, as lean as the streams'.
-pub struct RawClient {
-    target: Target,
-    local: Option<IpAddr>,
-    conn: Option<Connection>,
-}
-
-impl RawClient {
-    /// A client connected to the server of `url` (it reconnects when the server closes).
-    pub async fn connect(url: &reqwest::Url, local: Option<IpAddr>) -> Result<Self, String> {
-        let target = Target::resolve(url).await?;
-        let conn = Connection::open(&target, local).await?;
-        Ok(Self {
-            target,
-            local,
-            conn: Some(conn),
-        })
-    }
-
-    /// POSTs `body` (JSON) to `path`; returns the status once the whole response is read.
-    pub async fn post_json(
-        &mut self,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> Result<u16, String> {
-        let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n{auth}\r\n",
-            self.target.host,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
-        // A kept-alive connection the server has closed meanwhile fails before any answer:
-        // the request was not taken, so it goes again once on a new connection.
-        let reused = self.conn.is_some();
-        match self.exchange(&request).await {
-            Err(Failure::Unanswered(_)) if reused => {}
-            Err(Failure::Unanswered(e) | Failure::Broken(e)) => return Err(e),
-            Ok(status) => return Ok(status),
-        }
-        self.exchange(&request)
-            .await
-            .map_err(|(Failure::Unanswered(e) | Failure::Broken(e))| e)
-    }
-
-    /// Sends one request and reads its whole response, on the open connection or a new one.
-    async fn exchange(&mut self, request: &[u8]) -> Result<u16, Failure> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(
-                Connection::open(&self.target, self.local)
-                    .await
-                    .map_err(Failure::Broken)?,
-            ),
-        };
-        let result = async {
-            conn.tcp
-                .write_all(request)
-                .await
-                .map_err(|e| Failure::Unanswered(e.to_string()))?;
-            let (status, framing) = conn.read_head().await.map_err(|e| {
-                if conn.raw.is_empty() {
-                    Failure::Unanswered(e)
-                } else {
-                    Failure::Broken(e)
-                }
-            })?;
-            let close = matches!(framing, Framing::UntilClose);
-            conn.read_whole_body(framing, MAX_HEAD)
-                .await
-                .map_err(Failure::Broken)?;
-            Ok((status, close))
-        }
-        .await;
-        match result {
-            Ok((status, close)) => {
-                if close {
-                    self.conn = None;
-                }
-                Ok(status)
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Why an exchange failed.
-enum Failure {
-    /// Nothing came back: the server did not take the request.
-    Unanswered(String),
-    /// The connection broke mid-answer, or could not be made.
-    Broken(String),
-}
-
-/// Decoder state of a chunked body.
-#[derive(Debug, Default)]
-pub struct Chunked {
-    state: ChunkState,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Expecting a size line.
-    #[default]
-    Size,
-    /// This many data bytes to go.
-    Data(usize),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// The last chunk was read.
-    Done,
-}
-
-/// The longest chunk-size line accepted (size, extensions, CRLF).
-const MAX_SIZE_LINE: usize = 1024;
-
-impl Chunked {
-    /// Decodes what it can of `raw` into `out`; returns how many bytes of `raw` it used.
-    pub fn decode(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
-        let mut at = 0;
-        loop {
-            let rest = &raw[at..];
-            match self.state {
-                ChunkState::Done => return Ok(at),
-                ChunkState::Size => {
-                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-                        if rest.len() > MAX_SIZE_LINE {
-                            return Err("chunk size line too long".into());
-                        }
-                        return Ok(at);
-                    };
-                    let line = String::from_utf8_lossy(&rest[..end]);
-                    let hex = line.split(';').next().unwrap_or("").trim();
-                    let size = usize::from_str_radix(hex, 16)
-                        .map_err(|_| format!("bad chunk size {hex:?}"))?;
-                    at += end + 2;
-                    self.state = if size == 0 {
-                        ChunkState::Done
-                    } else {
-                        ChunkState::Data(size)
-                    };
-                }
-                ChunkState::Data(left) => {
-                    if rest.is_empty() {
-                        return Ok(at);
-                    }
-                    let take = left.min(rest.len());
-                    out.extend_from_slice(&rest[..take]);
-                    at += take;
-                    self.state = if take == left {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left - take)
-                    };
-                }
-                ChunkState::DataEnd => {
-                    if rest.len() < 2 {
-                        return Ok(at);
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err("chunk data not followed by CRLF".into());
-                    }
-                    at += 2;
-                    self.state = ChunkState::Size;
-                }
-            }
-        }
-    }
-
-    /// Whether the last chunk has been read.
-    pub fn done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode_in_pieces(wire: &[u8], piece: usize) -> (Vec<u8>, bool) {
-        let mut decoder = Chunked::default();
-        let mut raw = Vec::new();
-        let mut out = Vec::new();
-        for part in wire.chunks(piece) {
-            raw.extend_from_slice(part);
-            let used = decoder.decode(&raw, &mut out).expect("valid framing");
-            raw.drain(..used);
-        }
-        (out, decoder.done())
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
-        for piece in 1..=wire.len() {
-            let (out, done) = decode_in_pieces(wire, piece);
-            assert_eq!(out, b"hello, world", "pieces of {piece}");
-            assert!(done);
-        }
-    }
-
-    #[test]
-    fn an_unfinished_body_is_not_done() {
-        let (out, done) = decode_in_pieces(b"3\r\nabc\r\n4\r\nde", 4);
-        assert_eq!(out, b"abcde");
-        assert!(!done);
-    }
-
-    #[test]
-    fn bad_framing_is_an_error() {
-        let mut out = Vec::new();
-        assert!(Chunked::default().decode(b"zz\r\n", &mut out).is_err());
-        assert!(Chunked::default().decode(b"1\r\nabc", &mut out).is_err());
-        let long = vec![b'1'; MAX_SIZE_LINE + 1];
-        assert!(Chunked::default().decode(&long, &mut out).is_err());
+    /// Sets the socket's receive buffer and the size of each read (a stalled reader that
+    /// resumes reads faster with room).
+    pub fn set_recv_buffer(&mut self, bytes: usize) -> Result<(), String> {
+        self.conn.read_size = self.conn.read_size.max(bytes);
+        socket2::SockRef::from(&self.conn.tcp)
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| format!("cannot set SO_RCVBUF: {e}"))
     }
 }

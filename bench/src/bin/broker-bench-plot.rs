@@ -5,7 +5,9 @@
 //!   of lines per server, from the light-load runs (one publisher at a fixed rate, no memory
 //!   series);
 //! - `memory-vs-connections.png`: server memory against idle subscribers, one line per run
-//!   with a memory series (`--memory-step`).
+//!   with a memory series (`--memory-step`);
+//! - `rss-over-time-<label>.png`: server memory against time, one plot per hostile run (its
+//!   `rss_series`: the soak, the stalled subscribers, the floods).
 //!
 //! Text is drawn with DejaVu Sans (Debian's fonts-dejavu-core), read at run time.
 
@@ -100,8 +102,30 @@ fn run(args: &Args) -> Result<Vec<PathBuf>, String> {
         )?;
         written.push(path);
     }
+    for (label, points) in rss_series(&results) {
+        let file: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = args.out.join(format!("rss-over-time-{file}.png"));
+        draw(
+            &path,
+            &format!("Server memory over time: {label}"),
+            "seconds",
+            "resident memory (MiB)",
+            &[(label.clone(), points)],
+            Axes::Linear,
+        )?;
+        written.push(path);
+    }
     if written.is_empty() {
-        return Err("no fixed-rate runs and no memory series in these results".into());
+        return Err("no fixed-rate runs, memory series or RSS series in these results".into());
     }
     Ok(written)
 }
@@ -192,6 +216,25 @@ fn memory_series(results: &[Value]) -> Vec<Series> {
             (name, points)
         })
         .collect()
+}
+
+/// RSS (MiB) against seconds, per hostile run (its label), from `rss_series`.
+fn rss_series(results: &[Value]) -> Vec<Series> {
+    let mut out = Vec::new();
+    for r in results {
+        let Some(series) = r["rss_series"].as_array() else {
+            continue;
+        };
+        let points: Vec<(f64, f64)> = series
+            .iter()
+            .filter_map(|p| Some((p["t_s"].as_f64()?, p["rss_kib"].as_f64()? / 1024.0)))
+            .collect();
+        if points.len() >= 2 {
+            let label = r["args"]["label"].as_str().unwrap_or("run");
+            out.push((label.to_owned(), points));
+        }
+    }
+    out
 }
 
 /// How a chart's axes are scaled.
@@ -300,8 +343,14 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
             });
+        // Markers only where there are few points (a long series is a line).
+        let markers = if points.len() <= 60 { points.len() } else { 0 };
         chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .draw_series(
+                points[..markers]
+                    .iter()
+                    .map(|&p| Circle::new(p, 4, color.filled())),
+            )
             .map_err(|e| fail(&e))?;
     }
     chart
