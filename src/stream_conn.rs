@@ -118,8 +118,10 @@ async fn peek_stream_request(stream: &TcpStream) -> Option<(Request, usize)> {
     None
 }
 
-/// Parses `bytes` as exactly one complete, bodiless `GET` of a stream route.
-fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
+/// Parses `bytes` as exactly one complete, bodiless `GET` of a stream route. Public only for
+/// the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(head_len) = parsed.parse(bytes).ok()? else {
