@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build release run demo screenshot bench bench-full test deps fmt fmt-check lint js-test browser-test clean
+.PHONY: all build release run demo screenshot bench bench-full test deps fmt fmt-check lint js-test browser-test fuzz clean
 
 all: build
 
@@ -46,6 +46,21 @@ js-test:
 browser-test: deps
 	$(CARGO) build
 	cd tests/browser && node --test
+
+## Fuzz every parser of untrusted bytes for FUZZ_SECONDS each, from the corpora in fuzz/corpus
+## (new inputs go to fuzz/target/new-corpus). cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= stream_request names permissions last_event_id json_bodies
+
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$target for $(FUZZ_SECONDS) s"; \
+		mkdir -p fuzz/target/new-corpus/$$target; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target \
+			fuzz/target/new-corpus/$$target fuzz/corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=8192 || exit 1; \
+	done
 
 ## System packages the tests use (installed only when missing).
 deps:

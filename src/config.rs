@@ -172,6 +172,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
     pub max_streams_per_ip: u64,
 
+    /// Most distinct channels one stream may name in `channels=`; more get 400.
+    #[arg(long, env = "BROKER_MAX_CHANNELS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_channels: u64,
+
     /// Serve the two-window demo page at `/demo`.
     #[arg(long, env = "BROKER_DEMO", num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -264,6 +269,11 @@ impl Config {
     /// Time a keep-alive connection may stay idle.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout)
+    }
+
+    /// The `--max-channels` cap as a count.
+    pub fn max_channels(&self) -> usize {
+        usize::try_from(self.max_channels).unwrap_or(usize::MAX)
     }
 
     /// Checks combinations of flags that each look fine alone.

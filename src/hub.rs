@@ -24,6 +24,7 @@ use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast;
 
+use crate::presence::Snapshot;
 use crate::sse::{self, Format};
 use crate::store::{CommitListener, Record};
 
@@ -34,8 +35,8 @@ pub enum HubMessage {
     Records(Arc<Commit>),
     /// This user's credentials changed (revoked, password changed): their streams must end.
     Revoked(Arc<str>),
-    /// An `online-presence` frame for the node-sse-server streams.
-    Presence(Bytes),
+    /// Who is connected, for the `online-presence` frames of the node-sse-server streams.
+    Presence(Arc<Snapshot>),
     /// The server is shutting down: every stream ends.
     Shutdown,
 }
@@ -93,10 +94,9 @@ impl Hub {
         let _ = self.tx.send(HubMessage::Shutdown);
     }
 
-    /// Announces the connected client ids (a JSON array) to the node-sse-server streams.
-    pub fn presence(&self, client_ids_json: &str) {
-        let frame = crate::sse::compat_event(None, "online-presence", client_ids_json);
-        let _ = self.tx.send(HubMessage::Presence(frame));
+    /// Announces who is connected to the node-sse-server streams.
+    pub fn presence(&self, snapshot: Arc<Snapshot>) {
+        let _ = self.tx.send(HubMessage::Presence(snapshot));
     }
 
     /// Reserves a stream slot, or `None` at `max_streams`. The slot frees itself when dropped.

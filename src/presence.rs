@@ -1,12 +1,16 @@
 //! Online presence: which clients are connected to which channels.
 //!
 //! A client is identified by its `clientId` (several connections, such as the tabs of one
-//! person, may share one). It counts once, and leaves only when its last connection closes.
+//! person, may share one). It counts once, and leaves only when its last connection closes. A
+//! `clientId` belongs to the user whose connection took it first, until all of that user's
+//! connections with it are gone: another user cannot join under it ([`ClientIdTaken`]).
+//!
 //! Joins and leaves mark the registry as changed. A background task waits [`COALESCE`] after the
-//! first change and then publishes one `online-presence` frame through the hub, so a hundred
-//! connections arriving at once make one event, not a hundred.
+//! first change and then publishes one [`Snapshot`] through the hub, so a hundred connections
+//! arriving at once make one event, not a hundred. Each stream writes from it an
+//! `online-presence` frame listing only the clients on a channel its caller may read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +20,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+
+mod snapshot;
+pub use snapshot::Snapshot;
 
 /// How long presence changes are gathered before one event announces them.
 pub const COALESCE: Duration = Duration::from_millis(100);
@@ -33,9 +40,15 @@ pub struct ClientInfo {
     pub connected_at: u64,
 }
 
+/// A connection asked for a `clientId` that another user's connections hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("clientId '{0}' is in use by another user")]
+pub struct ClientIdTaken(pub String);
+
 #[derive(Debug)]
 struct Client {
     connections: usize,
+    /// The owner: every connection of this client is this user's (`None`: anonymous).
     user: Option<String>,
     /// Channel → number of this client's connections subscribed to it.
     channels: BTreeMap<String, usize>,
@@ -56,13 +69,16 @@ impl Presence {
         Arc::new(Self::default())
     }
 
-    /// Registers one connection of `client_id`; it leaves when the guard is dropped.
+    /// Registers one connection of `client_id` for `user`; it leaves when the guard is dropped.
+    ///
+    /// # Errors
+    /// [`ClientIdTaken`] when connections of another user hold `client_id`.
     pub fn join(
         self: &Arc<Self>,
         client_id: &str,
         user: Option<&str>,
         channels: &[String],
-    ) -> PresenceGuard {
+    ) -> Result<PresenceGuard, ClientIdTaken> {
         if let Ok(mut clients) = self.clients.lock() {
             let client = clients
                 .entry(client_id.to_owned())
@@ -72,17 +88,20 @@ impl Presence {
                     channels: BTreeMap::new(),
                     connected_at: crate::store::now_micros(),
                 });
+            if client.user.as_deref() != user {
+                return Err(ClientIdTaken(client_id.to_owned()));
+            }
             client.connections += 1;
             for channel in channels {
                 *client.channels.entry(channel.clone()).or_default() += 1;
             }
         }
         self.mark_changed();
-        PresenceGuard {
+        Ok(PresenceGuard {
             presence: self.clone(),
             client_id: client_id.to_owned(),
             channels: channels.to_vec(),
-        }
+        })
     }
 
     fn leave(&self, client_id: &str, channels: &[String]) {
@@ -135,7 +154,30 @@ impl Presence {
             .collect()
     }
 
-    /// Publishes one `online-presence` event per burst of changes until `shutdown`.
+    /// Who is connected now, on which channels.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut ids = Vec::new();
+        let mut channels = Vec::new();
+        if let Ok(clients) = self.clients.lock() {
+            let mut members: HashMap<&str, Vec<u32>> = HashMap::new();
+            for (index, (id, client)) in clients.iter().enumerate() {
+                let Ok(index) = u32::try_from(index) else {
+                    break;
+                };
+                ids.push(id.clone());
+                for channel in client.channels.keys() {
+                    members.entry(channel).or_default().push(index);
+                }
+            }
+            channels = members
+                .into_iter()
+                .map(|(channel, clients)| (channel.to_owned(), clients.into_boxed_slice()))
+                .collect();
+        }
+        Snapshot::new(ids, channels)
+    }
+
+    /// Publishes one `online-presence` snapshot per burst of changes until `shutdown`.
     pub async fn announce(self: Arc<Self>, hub: Arc<Hub>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -147,8 +189,7 @@ impl Presence {
                 () = tokio::time::sleep(COALESCE) => {}
             }
             if self.dirty.swap(false, Ordering::AcqRel) {
-                let ids = serde_json::to_string(&self.client_ids()).unwrap_or_else(|_| "[]".into());
-                hub.presence(&ids);
+                hub.presence(Arc::new(self.snapshot()));
             }
         }
     }
@@ -174,9 +215,9 @@ mod tests {
     #[test]
     fn a_client_counts_once_and_leaves_with_its_last_connection() {
         let presence = Presence::new();
-        let tab1 = presence.join("x", Some("ada"), &["a".into()]);
-        let tab2 = presence.join("x", Some("ada"), &["b".into()]);
-        let other = presence.join("y", None, &["a".into()]);
+        let tab1 = presence.join("x", Some("ada"), &["a".into()]).expect("x");
+        let tab2 = presence.join("x", Some("ada"), &["b".into()]).expect("x");
+        let other = presence.join("y", None, &["a".into()]).expect("y");
         assert_eq!(presence.client_ids(), vec!["x", "y"]);
         let x = &presence.clients(Some("b"))[0];
         assert_eq!(
@@ -193,5 +234,26 @@ mod tests {
         drop(tab2);
         drop(other);
         assert!(presence.client_ids().is_empty());
+    }
+
+    #[test]
+    fn a_client_id_belongs_to_its_first_user_until_they_leave() {
+        let presence = Presence::new();
+        let tab1 = presence.join("x", Some("ada"), &["a".into()]).expect("ada");
+        let tab2 = presence.join("x", Some("ada"), &["a".into()]).expect("ada");
+        let taken = presence.join("x", Some("bob"), &["a".into()]);
+        assert_eq!(taken.err(), Some(ClientIdTaken("x".into())));
+        assert!(presence.join("x", None, &["a".into()]).is_err());
+        drop(tab1);
+        assert!(presence.join("x", Some("bob"), &[]).is_err(), "ada's tab2");
+        drop(tab2);
+        let bob = presence
+            .join("x", Some("bob"), &["b".into()])
+            .expect("free");
+        assert_eq!(presence.clients(None)[0].user.as_deref(), Some("bob"));
+        drop(bob);
+        // In open mode everyone is the same anonymous user.
+        let _one = presence.join("y", None, &[]).expect("anonymous");
+        let _two = presence.join("y", None, &[]).expect("anonymous again");
     }
 }

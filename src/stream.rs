@@ -467,9 +467,9 @@ impl Subscription {
                 }
                 None
             }
-            HubMessage::Presence(frame) => {
+            HubMessage::Presence(snapshot) => {
                 if self.options.format == Format::Compat {
-                    chunk.put(frame);
+                    chunk.put(snapshot.frame_for(&self.options.filter.caller));
                 }
                 None
             }

@@ -140,8 +140,10 @@ async fn peek_stream_request(stream: &Tracked<TcpStream>) -> io::Result<Option<(
     Ok(None)
 }
 
-/// Parses `bytes` as exactly one complete, bodiless `GET` of a stream route.
-fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
+/// Parses `bytes` as exactly one complete, bodiless `GET` of a stream route. Public only for
+/// the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(head_len) = parsed.parse(bytes).ok()? else {

@@ -24,9 +24,6 @@ use crate::state::AppState;
 use crate::store::NewRecord;
 use crate::stream::{ChannelFilter, StreamOptions, Subscription};
 
-/// Event types node-sse-server reserves for itself.
-pub const RESERVED_TYPES: [&str; 3] = ["registered", "lastEvent", "online-presence"];
-
 /// Longest accepted `clientId`.
 const MAX_CLIENT_ID: usize = 128;
 
@@ -54,7 +51,8 @@ pub async fn subscribe(
         .channels
         .as_deref()
         .ok_or_else(|| ApiError::bad_request("channels is required: /subscribe?channels=a,b"))?;
-    let channels = names::parse_channel_list(list).map_err(ApiError::bad_request)?;
+    let channels = names::parse_channel_list(list, state.config.max_channels())
+        .map_err(ApiError::bad_request)?;
     for channel in &channels {
         caller.require_read(channel)?;
     }
@@ -68,10 +66,11 @@ pub async fn subscribe(
         None => format!("{:016x}", rand::random::<u64>()),
     };
     let start = resume_point(&headers, query.last_event_id.as_deref());
-    let (slot, per_ip) = admit(&state, ip)?;
     let guard = state
         .presence
-        .join(&client_id, caller.user.as_deref(), &channels);
+        .join(&client_id, caller.user.as_deref(), &channels)
+        .map_err(|taken| ApiError::conflict(taken.to_string()))?;
+    let (slot, per_ip) = admit(&state, ip)?;
     let options = StreamOptions {
         filter: ChannelFilter::new(Some(channels), caller.clone()),
         format: Format::Compat,
@@ -108,9 +107,6 @@ fn publish_entry(index: usize, entry: &Value, caller: &Caller) -> Result<NewReco
         .ok_or_else(|| at("type must be a string"))?;
     let payload = field("payload").ok_or_else(|| at("payload is required"))?;
     names::check_channel(channel).map_err(|e| at(&e))?;
-    if RESERVED_TYPES.contains(&kind) {
-        return Err(at(&format!("event type \"{kind}\" is reserved")));
-    }
     names::check_event(kind).map_err(|e| at(&e))?;
     caller.require_write(channel)?;
     Ok(NewRecord {
@@ -121,21 +117,28 @@ fn publish_entry(index: usize, entry: &Value, caller: &Caller) -> Result<NewReco
     })
 }
 
+/// Checks every entry of a publish request (names, fields, the caller's write permission) and
+/// turns them into records, in order.
+///
+/// # Errors
+/// 400 naming the first bad entry, 403 for a channel the caller may not write.
+pub fn publish_batch(req: &PublishRequest, caller: &Caller) -> Result<Vec<NewRecord>, ApiError> {
+    req.events
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("events must be an array"))?
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| publish_entry(i, entry, caller))
+        .collect()
+}
+
 /// `POST /publish`: validates every event first, then stores them in one atomic commit.
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<PublishRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let entries = req
-        .events
-        .as_array()
-        .ok_or_else(|| ApiError::bad_request("events must be an array"))?;
-    let batch = entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| publish_entry(i, entry, &caller))
-        .collect::<Result<Vec<_>, _>>()?;
+    let batch = publish_batch(&req, &caller)?;
     let records = store_records(&state, batch).await?;
     let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
     Ok(Json(json!({ "published": ids.len(), "ids": ids })))

@@ -43,7 +43,8 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let channels = match query.channels.as_deref() {
         Some(list) => {
-            let channels = names::parse_channel_list(list).map_err(ApiError::bad_request)?;
+            let channels = names::parse_channel_list(list, state.config.max_channels())
+                .map_err(ApiError::bad_request)?;
             for channel in &channels {
                 caller.require_read(channel)?;
             }
