@@ -131,6 +131,7 @@ mod tests {
                 write: vec![],
             },
             expires_at: None,
+            generation: None,
         }
     }
 
