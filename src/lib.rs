@@ -50,8 +50,6 @@ pub mod state;
 pub mod store;
 pub mod stream;
 pub mod stream_conn;
-#[cfg(test)]
-mod stream_model;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -13,25 +13,31 @@
 //! only up to [`MAX_WRITE`]. A stream that stops reading therefore pins at most about two
 //! commits' frames, which the other streams share anyway.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Caller;
 use crate::hub::{CommitRecords, HubMessage, StreamSlot};
 use crate::metrics::Metrics;
 use crate::presence::PresenceGuard;
 use crate::sse::{self, Format};
 use crate::state::AppState;
 use crate::store::{Record, Store};
+
+mod gather;
+#[cfg(test)]
+mod model_tests;
+mod options;
+
+use gather::Gather;
+pub use options::{ChannelFilter, Start, StreamOptions};
 
 /// Records read from the store per page of a replay.
 const REPLAY_PAGE: usize = 1000;
@@ -45,74 +51,6 @@ const LIVE_BATCH: usize = 256;
 /// Bytes after which a write takes no more live commits: what is still waiting goes in the
 /// next write.
 pub const MAX_WRITE: usize = 256 * 1024;
-
-/// Where a new stream starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// The latest version of every (channel, event), then live.
-    Snapshot,
-    /// Every record after this id, then live (`Last-Event-ID`).
-    After(u64),
-    /// The client named an id Broker does not know: `$reset`, then the snapshot.
-    Unknown(String),
-}
-
-impl Start {
-    /// Interprets a `Last-Event-ID` value.
-    pub fn from_last_event_id(value: Option<&str>) -> Self {
-        match value.map(str::trim) {
-            None | Some("") => Self::Snapshot,
-            Some(raw) => raw
-                .parse()
-                .map_or_else(|_| Self::Unknown(raw.to_owned()), Self::After),
-        }
-    }
-}
-
-/// Which records a stream may see: the channels it asked for and the caller may read.
-#[derive(Debug, Clone)]
-pub struct ChannelFilter {
-    /// The requested channels, in the order asked for.
-    order: Option<Vec<String>>,
-    requested: Option<HashSet<String>>,
-    caller: Caller,
-}
-
-impl ChannelFilter {
-    /// A filter for `caller`, restricted to `channels` when given (already permission-checked).
-    pub fn new(channels: Option<Vec<String>>, caller: Caller) -> Self {
-        Self {
-            requested: channels.as_ref().map(|c| c.iter().cloned().collect()),
-            order: channels,
-            caller,
-        }
-    }
-
-    /// Whether a record of `channel` goes to this stream.
-    pub fn allows(&self, channel: &str) -> bool {
-        self.requested.as_ref().is_none_or(|r| r.contains(channel)) && self.caller.can_read(channel)
-    }
-
-    /// The requested channels in the order asked for (`None`: every readable channel).
-    pub fn requested(&self) -> Option<Vec<String>> {
-        self.order.clone()
-    }
-}
-
-/// How a stream is to behave.
-#[derive(Debug, Clone)]
-pub struct StreamOptions {
-    /// Which channels it carries.
-    pub filter: ChannelFilter,
-    /// How records are written.
-    pub format: Format,
-    /// The node-sse-server client id, announced in `registered` ([`Format::Compat`] only).
-    pub client_id: Option<String>,
-    /// Snapshot or replay.
-    pub start: Start,
-    /// When the caller's credentials expire (Unix seconds): the stream ends then.
-    pub expires_at: Option<u64>,
-}
 
 enum Phase {
     Start,
@@ -608,60 +546,6 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.report_deliveries();
         self.metrics.subscribers.dec();
-    }
-}
-
-/// The bytes of one write. A single shared frame (a record's, or a whole commit's) is taken
-/// as it is; only a write made of several is copied into a buffer of its own.
-#[derive(Default)]
-enum Gather {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(BytesMut),
-}
-
-impl Gather {
-    /// Appends `bytes`.
-    fn put(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
-        }
-        *self = match std::mem::take(self) {
-            Self::Empty => Self::One(bytes),
-            Self::One(first) => {
-                let mut buf = BytesMut::with_capacity(first.len() + bytes.len());
-                buf.put(first);
-                buf.put(bytes);
-                Self::Many(buf)
-            }
-            Self::Many(mut buf) => {
-                buf.put(bytes);
-                Self::Many(buf)
-            }
-        };
-    }
-
-    /// Whether nothing was put ([`Self::put`] keeps no empty bytes).
-    fn is_empty(&self) -> bool {
-        matches!(self, Self::Empty)
-    }
-
-    /// Bytes put so far.
-    fn len(&self) -> usize {
-        match self {
-            Self::Empty => 0,
-            Self::One(bytes) => bytes.len(),
-            Self::Many(buf) => buf.len(),
-        }
-    }
-
-    fn freeze(self) -> Bytes {
-        match self {
-            Self::Empty => Bytes::new(),
-            Self::One(bytes) => bytes,
-            Self::Many(buf) => buf.freeze(),
-        }
     }
 }
 
