@@ -528,7 +528,11 @@ impl Subscription {
         };
         match self.store.user(name).await {
             Ok(Some(user)) if user.revoked => Err("user revoked"),
-            Ok(Some(user)) if caller.generation.is_some_and(|g| g != user.token_generation) => {
+            Ok(Some(user))
+                if caller
+                    .generation
+                    .is_some_and(|g| g != user.token_generation) =>
+            {
                 Err("credentials changed")
             }
             Ok(Some(_)) => Ok(()),
