@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build release run demo screenshot bench bench-full test deps fmt fmt-check lint js-test browser-test fuzz clean
+.PHONY: all build release run demo screenshot bench bench-full test deps fmt fmt-check lint api-test js-test browser-test fuzz clean
 
 all: build
 
@@ -35,7 +35,13 @@ bench-full:
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint
 	$(CARGO) test --workspace --all-targets
-	$(MAKE) js-test browser-test
+	$(MAKE) api-test js-test browser-test
+
+## schemathesis against /openapi.json of target/debug/broker: no 5xx, every response as
+## documented (tests/schemathesis/run.py; API_TEST_EXAMPLES, API_TEST_SEED to vary it).
+api-test: deps
+	$(CARGO) build
+	python3 tests/schemathesis/run.py
 
 ## The JS client's tests (node:test) against target/debug/broker.
 js-test:
@@ -62,7 +68,7 @@ fuzz:
 			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=8192 || exit 1; \
 	done
 
-## System packages the tests use (installed only when missing).
+## System packages, npm packages and schemathesis the tests use (installed only when missing).
 deps:
 	@scripts/install-deps.sh
 

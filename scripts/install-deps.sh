@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Broker's tests use, only what is missing: Debian packages (openssl and curl
-# for the black-box tests, chromium and Node.js for the browser tests, DejaVu for the plots) and the browser tests'
-# npm packages. Never downloads a browser of its own: playwright-core drives Debian's chromium.
+# for the black-box tests, chromium and Node.js for the browser tests, DejaVu for the plots,
+# Python's venv for schemathesis), the browser tests' npm packages, and schemathesis from the
+# Python package index into a virtualenv under target/. Never downloads a browser of its own:
+# playwright-core drives Debian's chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,9 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The font broker-bench-plot draws its text with.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+# schemathesis runs in a virtualenv (Debian splits venv and ensurepip into python3-venv).
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
@@ -32,3 +37,5 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "installing the browser tests' npm packages"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+scripts/install-schemathesis.sh
