@@ -191,7 +191,7 @@ async fn stalled_subscribers_pin_no_memory_and_resume_with_nothing_lost() {
 async fn snapshots_and_audit_logs_larger_than_a_page_are_whole_and_in_order() {
     let server = Server::start(&["--no-auth", "--max-body", "2097152"]);
     let api = server.api();
-    // Six events of 700 KiB (pages hold about 1 MiB), and a history of the same size.
+    // Six events of 700 KiB (pages hold about 256 KiB), and a history of the same size.
     let mut latest = Vec::new();
     for i in 0..6 {
         let data = json!({"n": i, "fill": "y".repeat(700 * 1024)});

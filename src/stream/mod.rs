@@ -45,7 +45,12 @@ const REPLAY_PAGE: usize = 1000;
 const SNAPSHOT_CHUNK: usize = 512;
 /// Bytes of records read from the store for one write of a snapshot or replay (a single larger
 /// record still goes whole).
-const PAGE_BYTES: usize = 1024 * 1024;
+const PAGE_BYTES: usize = 256 * 1024;
+/// Pages of snapshots and catch-ups read and framed at once, process-wide. A hundred streams
+/// resuming together would otherwise each hold a page's records and frames at the same time;
+/// this bounds that to a few pages, and the rest wait their turn.
+const CATCH_UP_READS: usize = 4;
+static CATCH_UP: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CATCH_UP_READS);
 /// Live commits merged into one write when several are waiting.
 const LIVE_BATCH: usize = 256;
 /// Bytes after which a write takes no more live commits: what is still waiting goes in the
@@ -171,6 +176,8 @@ impl Subscription {
                     Err(e) => return Some(self.fail(&e)),
                 },
                 Phase::Snapshot(ids, done) => {
+                    // Never closed, so acquiring only waits.
+                    let _reading = CATCH_UP.acquire().await;
                     let wanted = ids[done..].iter().take(SNAPSHOT_CHUNK).copied().collect();
                     let page = match self.store.records(wanted, PAGE_BYTES).await {
                         Ok(page) => page,
@@ -201,6 +208,7 @@ impl Subscription {
                     if let Err(reason) = self.still_authorized().await {
                         return Some(self.end_after(chunk, reason));
                     }
+                    let _reading = CATCH_UP.acquire().await;
                     let page = match self.store.since(self.cursor, REPLAY_PAGE, PAGE_BYTES).await {
                         Ok(page) => page,
                         Err(e) => return Some(self.fail(&e.to_string())),

@@ -115,6 +115,12 @@ struct Cursor {
 }
 
 impl Cursor {
+    /// A new connection: whatever event the last one was cut off in the middle of is dropped
+    /// (an `EventSource` never dispatches it either), and parsing starts afresh.
+    fn reconnected(&mut self) {
+        self.scanner = Scanner::default();
+    }
+
     fn feed(&mut self, bytes: &[u8]) {
         let mut events = Vec::new();
         self.scanner.feed(bytes, |e| events.push(e));
@@ -229,6 +235,7 @@ impl Tracked {
                     }
                     drop(stream);
                     stream = self.open(&cursor, None).await?;
+                    cursor.reconnected();
                 }
             }
         }
@@ -244,6 +251,7 @@ impl Tracked {
                 self.progress.cut_off.fetch_add(1, Ordering::Relaxed);
                 drop(stream);
                 stream = self.open(&cursor, None).await?;
+                cursor.reconnected();
             }
         }
         if cursor.reset {
@@ -267,5 +275,24 @@ impl Tracked {
                 _ = phase.changed() => return true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_cut_off_by_the_connection_is_not_counted() {
+        let mut cursor = Cursor::default();
+        cursor.feed(b"event: $synced\ndata: {\"id\":\"0\"}\nid: 0\n\n");
+        cursor.feed(b"id: 1\nevent: bench\ndata: {}\n\nid: 2\nevent: bench\ndata: {\"lo");
+        assert_eq!(cursor.last_id, Some(1));
+        // The server closed mid-event; the client resumes from 1 on a new connection.
+        cursor.reconnected();
+        cursor.feed(b"retry: 2000\n\nid: 2\nevent: bench\ndata: {}\n\n");
+        assert_eq!(cursor.tally.count, 2);
+        assert_eq!(cursor.tally.out_of_order, 0, "event 2 counted once");
+        assert_eq!(cursor.last_id, Some(2));
     }
 }
