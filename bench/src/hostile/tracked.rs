@@ -268,6 +268,9 @@ impl Tracked {
         until: Instant,
     ) -> bool {
         let mut phase = self.phase.clone();
+        // Only a change from now on ends the wait: a phase set before this reconnection
+        // (the run's start) must not end every wait at once.
+        phase.borrow_and_update();
         loop {
             tokio::select! {
                 more = self.read(stream, cursor) => if !more { return false },

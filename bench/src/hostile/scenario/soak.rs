@@ -144,7 +144,7 @@ pub async fn run(args: &Args, setup: &Setup) -> Result<Outcome, String> {
         progress(
             args,
             format_args!(
-                "[{t:6.0}s] inserts {} deliveries {} reconnects {} half-open {} wrong logins {} RSS {:.0} MiB",
+                "[{t:6.0}s] inserts {} deliveries {} (reconnecting subscribers {}) half-open {} wrong logins {} RSS {:.0} MiB",
                 acked.load(Ordering::Relaxed),
                 c.received,
                 reconnecting.received(),
