@@ -176,6 +176,22 @@ fn decode_record(bytes: &[u8]) -> Result<Arc<Record>, StoreError> {
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The records `found` yields until the page is full ([`page_full`]). The iterator is lazy,
+/// so nothing past the page is read or decoded.
+fn collect_page(
+    mut found: impl Iterator<Item = Result<Arc<Record>, StoreError>>,
+    max_bytes: usize,
+) -> Result<Vec<Arc<Record>>, StoreError> {
+    let (mut page, mut bytes) = (Vec::new(), 0);
+    while !page_full(page.len(), bytes, max_bytes) {
+        let Some(record) = found.next() else { break };
+        let record = record?;
+        bytes += record.size();
+        page.push(record);
+    }
+    Ok(page)
+}
+
 fn get_record(
     table: &impl ReadableTable<u64, &'static [u8]>,
     id: u64,
@@ -315,18 +331,12 @@ impl Store for EmbeddedStore {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
-            let (mut out, mut bytes) = (Vec::new(), 0);
-            for id in ids {
-                if page_full(out.len(), bytes, max_bytes) {
-                    break;
-                }
-                if let Some(guard) = records.get(id).map_err(backend)? {
-                    let record = decode_record(guard.value())?;
-                    bytes += record.size();
-                    out.push(record);
-                }
-            }
-            Ok(out)
+            let found = ids.into_iter().filter_map(|id| match records.get(id) {
+                Ok(Some(guard)) => Some(decode_record(guard.value())),
+                Ok(None) => None,
+                Err(e) => Some(Err(backend(e))),
+            });
+            collect_page(found, max_bytes)
         })
         .await
     }
@@ -343,16 +353,11 @@ impl Store for EmbeddedStore {
             let Some(start) = after.checked_add(1) else {
                 return Ok(Vec::new());
             };
-            let (mut out, mut bytes) = (Vec::new(), 0);
-            for entry in records.range(start..).map_err(backend)?.take(limit) {
-                if page_full(out.len(), bytes, max_bytes) {
-                    break;
-                }
-                let record = decode_record(entry.map_err(backend)?.1.value())?;
-                bytes += record.size();
-                out.push(record);
-            }
-            Ok(out)
+            let range = records.range(start..).map_err(backend)?.take(limit);
+            collect_page(
+                range.map(|entry| decode_record(entry.map_err(backend)?.1.value())),
+                max_bytes,
+            )
         })
         .await
     }
@@ -375,17 +380,11 @@ impl Store for EmbeddedStore {
             };
             let range = (channel.as_str(), event.as_str(), start)
                 ..=(channel.as_str(), event.as_str(), u64::MAX);
-            let (mut out, mut bytes) = (Vec::new(), 0);
-            for entry in versions.range(range).map_err(backend)?.take(limit) {
-                if page_full(out.len(), bytes, max_bytes) {
-                    break;
-                }
-                let id = entry.map_err(backend)?.0.value().2;
-                let record = get_record(&records, id)?;
-                bytes += record.size();
-                out.push(record);
-            }
-            Ok(out)
+            let found = versions.range(range).map_err(backend)?.take(limit);
+            collect_page(
+                found.map(|entry| get_record(&records, entry.map_err(backend)?.0.value().2)),
+                max_bytes,
+            )
         })
         .await
     }
