@@ -96,24 +96,13 @@ fn events_of(raw: &[u8]) -> Vec<(Option<u64>, String, String)> {
 async fn await_subscribers(server: &Server, want: u64) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let text = common::client()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        let now = text
-            .lines()
-            .find_map(|l| l.strip_prefix("broker_subscribers "))
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if now == Some(want) {
+        let now = server.metric("broker_subscribers").await;
+        if now == want as f64 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "broker_subscribers stayed at {now:?}, expected {want}"
+            "broker_subscribers stayed at {now}, expected {want}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
