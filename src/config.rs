@@ -161,6 +161,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Accept queues: listening sockets on the one port, each new connection waiting in the
+    /// queue its source address hashes to. A flood of connections from a few addresses fills
+    /// only their queues, so clients at other addresses are still accepted at once. 1 listens
+    /// on one socket.
+    #[arg(long, env = "BROKER_ACCEPT_QUEUES", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub accept_queues: u16,
+
     /// Most open connections from one client address; further ones get 503 and are closed.
     /// Connections from a trusted proxy are not counted.
     #[arg(long, env = "BROKER_MAX_CONNECTIONS_PER_IP", default_value_t = 4096,

@@ -10,6 +10,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // mimalloc asks for transparent huge pages on its arenas: every fault on fresh memory
+    // then zeroes 2 MiB, which took 60 % of the server's CPU while a flood of connections
+    // arrived, and a touched huge page stays resident whole. Off, idle streams cost less and
+    // fan-out is no slower (docs/BENCHMARKS.md, "Half-open connections, accept queues").
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("broker: cannot turn transparent huge pages off: {e}");
+    }
     let config = broker::Config::parse();
     broker::init_logging();
     match broker::Broker::new(config).serve().await {

@@ -23,7 +23,7 @@ use crate::Error;
 use crate::api;
 use crate::auth::{Auth, file_modes, jwt};
 use crate::config::Config;
-use crate::conn::{AdmitAcceptor, Connections, Limits};
+use crate::conn::{AdmitAcceptor, Connections, Limits, listeners};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -137,23 +137,6 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Listen backlog asked for (the kernel caps it at `net.core.somaxconn`). The usual 128
-/// overflows under a flood of new connections, and a client whose SYN is dropped then waits a
-/// second or more for its retry.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds the listening socket.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// Admission for the connections of `app`, under its configured limits.
 fn connections(app: &App) -> Arc<Connections> {
     let config = &app.state.config;
@@ -177,6 +160,32 @@ fn connections(app: &App) -> Arc<Connections> {
 /// connections at the header timeout.
 fn configure_http<A: axum_server::Address, Acc>(server: &mut axum_server::Server<A, Acc>) {
     server.http_builder().http1().header_read_timeout(None);
+}
+
+/// Runs `serve_one` on every listener, each accept loop a task of its own, until they all
+/// end; the first error, if any. One loop failing shuts the others down through `handle`.
+async fn serve_all<F, Fut>(
+    listeners: Vec<tokio::net::TcpListener>,
+    handle: &Handle<SocketAddr>,
+    mut serve_one: F,
+) -> std::io::Result<()>
+where
+    F: FnMut(tokio::net::TcpListener) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        loops.spawn(serve_one(listener));
+    }
+    let mut result = Ok(());
+    while let Some(ended) = loops.join_next().await {
+        let ended = ended.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if ended.is_err() && result.is_ok() {
+            handle.shutdown();
+            result = ended;
+        }
+    }
+    result
 }
 
 /// Serves `config` until `shutdown` completes, then shuts down gracefully.
@@ -204,8 +213,8 @@ pub async fn serve(
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let write_timeout = Duration::from_secs(config.write_timeout);
     let app = App::open(config).await?;
-    let listener = match listen(addr) {
-        Ok(listener) => listener,
+    let listeners = match listeners::bind(addr, app.state().config.accept_queues) {
+        Ok(listeners) => listeners,
         Err(e) => {
             app.close().await;
             return Err(Error::Listen(addr, e));
@@ -249,16 +258,23 @@ pub async fn serve(
                     connections.clone(),
                     DefaultAcceptor::new(),
                 ));
-            let mut server =
-                axum_server::Server::<SocketAddr>::from_listener(listener).acceptor(acceptor);
-            configure_http(&mut server);
-            server.handle(handle).serve(service).await
+            serve_all(listeners, &handle, |listener| {
+                let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
+                    .acceptor(acceptor.clone());
+                configure_http(&mut server);
+                server.handle(handle.clone()).serve(service.clone())
+            })
+            .await
         }
         None => {
-            let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
-                .acceptor(AdmitAcceptor::plain(connections.clone(), streams));
-            configure_http(&mut server);
-            server.handle(handle).serve(service).await
+            let acceptor = AdmitAcceptor::plain(connections.clone(), streams);
+            serve_all(listeners, &handle, |listener| {
+                let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
+                    .acceptor(acceptor.clone());
+                configure_http(&mut server);
+                server.handle(handle.clone()).serve(service.clone())
+            })
+            .await
         }
     };
     // Streams served apart from the general server end at shutdown like the others.

@@ -91,17 +91,17 @@ fn each_waiting_phase_times_out_and_busy_never_does() {
     conns.request_started(&busy, true);
     conns.body_ended(&busy);
 
-    conns.sweep(start + Duration::from_secs(9));
+    conns.sweep(start + Duration::from_secs(9), usize::MAX);
     assert!(!head.is_closed());
-    conns.sweep(start + Duration::from_secs(11));
+    conns.sweep(start + Duration::from_secs(11), usize::MAX);
     assert!(head.is_closed(), "header timeout");
     assert!(!body.is_closed() && !idle.is_closed());
-    conns.sweep(start + Duration::from_secs(33));
+    conns.sweep(start + Duration::from_secs(33), usize::MAX);
     assert!(body.is_closed(), "body timeout and its grace");
     assert!(!idle.is_closed());
-    conns.sweep(start + Duration::from_secs(61));
+    conns.sweep(start + Duration::from_secs(61), usize::MAX);
     assert!(idle.is_closed(), "idle timeout");
-    conns.sweep(start + Duration::from_secs(100_000));
+    conns.sweep(start + Duration::from_secs(100_000), usize::MAX);
     assert!(
         !busy.is_closed(),
         "a request being handled is never timed out"
@@ -110,12 +110,28 @@ fn each_waiting_phase_times_out_and_busy_never_does() {
 }
 
 #[test]
+fn a_sweep_closes_no_more_than_its_budget_oldest_first() {
+    let conns = connections(100, 100, "");
+    let start = Instant::now();
+    let admitted: Vec<_> = (1..=5)
+        .map(|i| conns.admit(peer(i)).expect("admitted"))
+        .collect();
+    let later = start + Duration::from_secs(11);
+    assert_eq!(conns.sweep(later, 2), 2);
+    let closed: Vec<bool> = admitted.iter().map(|(c, _)| c.is_closed()).collect();
+    assert_eq!(closed, [true, true, false, false, false]);
+    assert_eq!(conns.sweep(later, 2), 2);
+    assert_eq!(conns.sweep(later, 2), 1, "the last one, then nothing left");
+    assert!(admitted.iter().all(|(c, _)| c.is_closed()));
+}
+
+#[test]
 fn a_stream_leaves_the_queues_and_keeps_only_its_count() {
     let conns = connections(1, 100, "");
     let (stream, slot) = conns.admit(peer(1)).expect("stream");
     conns.stream_started(&stream);
     assert_eq!(conns.admit(peer(2)).err(), Some(Refusal::Full));
-    conns.sweep(Instant::now() + Duration::from_secs(100_000));
+    conns.sweep(Instant::now() + Duration::from_secs(100_000), usize::MAX);
     assert!(!stream.is_closed());
     drop(slot);
     assert_eq!(conns.open(), 0);
