@@ -1,11 +1,29 @@
 # Broker: build, check and test. `make test` is what CI runs (.ci/run).
+# `make` then `make client` is the original Broker's "Run Example": the library entry point on
+# PORT, and the two-window demo page against it.
 
 CARGO ?= cargo
+## Port of the seed example (`make`), which `make client` talks to; port of the demo page.
+PORT ?= 8080
+CLIENT_PORT ?= 3000
+## Cargo profile flag of `make` (empty for a debug build).
+EXAMPLE_PROFILE ?= --release
 
-.PHONY: all build release run demo screenshot bench bench-full test deps fmt fmt-check lint api-test js-test browser-test fuzz clean
+.PHONY: all seed client build release run demo screenshot bench bench-full test deps fmt fmt-check lint api-test js-test browser-test fuzz clean
 
-all: build
+all: seed
 
+## The seed example (examples/seed.rs, `broker::broker_run("*")`) on PORT: open mode, no users,
+## the database in ./tmp (BROKER_DB moves it; BROKER_JWT_SECRET turns authentication on).
+seed:
+	PORT=$(PORT) $(CARGO) run $(EXAMPLE_PROFILE) --example seed
+
+## The two-window demo page against `make`'s server (BROKER_URL names another), served on
+## CLIENT_PORT by examples/demo/serve.py (Python 3, nothing to build); prints the URL to open.
+client:
+	@PORT=$(PORT) CLIENT_PORT=$(CLIENT_PORT) python3 examples/demo/serve.py
+
+## Build the binary (debug).
 build:
 	$(CARGO) build
 

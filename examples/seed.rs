@@ -1,8 +1,10 @@
 //! The original Broker's library entry point, unchanged: serves on `PORT` with the CORS origin
-//! given, everything else from the environment.
+//! given, in open mode with its database in `./tmp` (an authentication variable such as
+//! `BROKER_JWT_SECRET` turns authentication on; `BROKER_DB` moves the database).
 //!
 //! ```sh
-//! PORT=8080 cargo run --example seed
+//! make                     # PORT=8080 cargo run --release --example seed
+//! make client              # the two-window demo against it
 //! ```
 
 #[tokio::main]

@@ -238,7 +238,29 @@ pub struct Config {
     #[arg(long, env = "BROKER_COOKIE_SECURE", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub cookie_secure: Option<bool>,
+
+    /// Set when [`Config::seed_from_env`] turned authentication off because no authentication
+    /// variable was set; the start-up warning then names the variable that turns it on.
+    #[arg(skip)]
+    pub open_by_default: bool,
 }
+
+/// Database directory of [`crate::broker_run`], as in the original Broker ("`./tmp` of the
+/// project root"); `BROKER_DB` overrides it.
+pub const SEED_DB: &str = "./tmp";
+
+/// Environment variables that configure authentication. When [`crate::broker_run`] starts with
+/// none of them set, it runs in open mode as the original library did; any of them set (a JWT
+/// secret, an admin, `BROKER_NO_AUTH=false`, ...) turns authentication back on.
+pub const AUTH_ENV: &[&str] = &[
+    "BROKER_NO_AUTH",
+    "BROKER_JWT_SECRET",
+    "BROKER_JWT_EXPIRY",
+    "BROKER_ADMIN",
+    "BROKER_SIGNUP",
+    "BROKER_DEFAULT_READ",
+    "BROKER_DEFAULT_WRITE",
+];
 
 impl Config {
     /// Configuration from the environment alone (as if the binary ran with no flags).
@@ -247,6 +269,30 @@ impl Config {
     /// When an environment variable holds a bad value.
     pub fn from_env() -> Result<Self, clap::Error> {
         Self::try_parse_from(["broker"])
+    }
+
+    /// The configuration of the original library entry point ([`crate::broker_run`]): the
+    /// environment's, with the database in [`SEED_DB`] unless `BROKER_DB` is set, open mode
+    /// unless one of [`AUTH_ENV`] is set, and `origin` as the CORS origin.
+    ///
+    /// # Errors
+    /// When an environment variable holds a bad value.
+    pub fn seed_from_env(origin: String) -> Result<Self, clap::Error> {
+        let mut config = Self::from_env()?;
+        config.apply_seed_defaults(|name| std::env::var_os(name).is_some());
+        config.origin = origin;
+        Ok(config)
+    }
+
+    /// The seed's defaults where `is_set` says the environment leaves them open.
+    fn apply_seed_defaults(&mut self, is_set: impl Fn(&str) -> bool) {
+        if !is_set("BROKER_DB") {
+            self.db = PathBuf::from(SEED_DB);
+        }
+        if !AUTH_ENV.iter().any(|name| is_set(name)) {
+            self.no_auth = true;
+            self.open_by_default = true;
+        }
     }
 
     /// Whether TLS is served.
@@ -366,6 +412,25 @@ mod tests {
         assert!(c.cookie_secure() && c.validate().is_ok());
         let c = Config::try_parse_from(["broker", "--cookie-secure=false"]).expect("parses");
         assert_eq!(c.cookie_secure, Some(false));
+    }
+
+    #[test]
+    fn seed_defaults_follow_the_environment() {
+        let seed = |set: &[&str]| {
+            let mut c = Config::try_parse_from(["broker"]).expect("defaults");
+            c.apply_seed_defaults(|name| set.contains(&name));
+            c
+        };
+        let open = seed(&[]);
+        assert!(open.no_auth && open.open_by_default);
+        assert_eq!(open.db, PathBuf::from(SEED_DB));
+        for name in AUTH_ENV {
+            let c = seed(&[name]);
+            assert!(!c.no_auth && !c.open_by_default, "{name} turns auth on");
+        }
+        let c = seed(&["BROKER_DB", "PORT", "BROKER_ORIGIN"]);
+        assert_eq!(c.db, PathBuf::from("./data"), "BROKER_DB is left as parsed");
+        assert!(c.no_auth, "other variables leave open mode");
     }
 
     #[test]

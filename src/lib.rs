@@ -123,15 +123,19 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// The original Broker's entry point: serves with the environment's configuration (`PORT`,
-/// `BROKER_DB`, ...) and the given CORS `origin` (`"*"` for any).
+/// The original Broker's entry point: serves on `PORT` with `origin` as the CORS origin (`"*"`
+/// for any), in open mode with the database in `./tmp`, as the original library did.
+///
+/// Every other setting comes from the environment as for the binary. `BROKER_DB` moves the
+/// database, and any authentication variable ([`config::AUTH_ENV`]: `BROKER_JWT_SECRET`,
+/// `BROKER_NO_AUTH=false`, ...) turns authentication back on; without one, a warning at start
+/// says that it is off.
 ///
 /// # Errors
 /// Any start-up failure, as an I/O error.
 pub async fn broker_run(origin: String) -> std::io::Result<()> {
     init_logging();
-    let mut config = Config::from_env().map_err(std::io::Error::other)?;
-    config.origin = origin;
+    let config = Config::seed_from_env(origin).map_err(std::io::Error::other)?;
     Broker::new(config)
         .serve()
         .await

@@ -96,7 +96,13 @@ impl App {
         if let Some(admin) = &config.admin {
             auth.ensure_admin(admin).await?;
         }
-        if config.no_auth {
+        if config.open_by_default {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: broker_run serves in open mode, as the original Broker \
+                 did, and anyone can read and write every channel; set BROKER_JWT_SECRET (or \
+                 BROKER_NO_AUTH=false) to turn it on"
+            );
+        } else if config.no_auth {
             tracing::warn!(
                 "authentication is off (--no-auth): anyone can read and write every channel"
             );

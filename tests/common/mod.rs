@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -29,6 +29,8 @@ pub struct Server {
     pub base: String,
     /// Database directory.
     pub db: PathBuf,
+    /// Its standard-error lines so far.
+    log: Arc<Mutex<Vec<String>>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -55,10 +57,15 @@ impl Server {
         Self::spawn(cmd, db.to_path_buf(), "http")
     }
 
-    /// Spawns a prepared command (clean environment) and waits for its "listening on" log line.
+    /// Spawns a prepared command and waits for its "listening on" log line. `PORT` and
+    /// `BROKER_*` variables of the test's own environment are not passed on; those the command
+    /// sets itself are.
     pub fn spawn(mut cmd: Command, db: PathBuf, scheme: &str) -> Self {
+        let explicit: Vec<std::ffi::OsString> =
+            cmd.get_envs().map(|(key, _)| key.to_owned()).collect();
         for (key, _) in std::env::vars() {
-            if key == "PORT" || key.starts_with("BROKER_") {
+            if (key == "PORT" || key.starts_with("BROKER_")) && !explicit.iter().any(|k| *k == *key)
+            {
                 cmd.env_remove(key);
             }
         }
@@ -69,9 +76,12 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn broker");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[broker] {line}");
+                lines.lock().expect("log").push(line.clone());
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.trim().to_owned());
                 }
@@ -95,8 +105,15 @@ impl Server {
             addr,
             base,
             db,
+            log,
             _dir: None,
         }
+    }
+
+    /// The standard-error lines it has written so far (every line before "listening on", at
+    /// least).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
     }
 
     /// The value of the Prometheus metric `name` on this server (panics when it is absent).
