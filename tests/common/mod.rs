@@ -2,6 +2,7 @@
 //! HTTP and SSE to it.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod sse;
 
 use std::io::{BufRead, BufReader};
