@@ -76,9 +76,10 @@ impl App {
         file_modes::create_private_dir(&config.db);
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_cache(
             &config.db,
-            hub.clone(),
             usize::try_from(config.db_cache).unwrap_or(usize::MAX),
         )?);
+        // The hub consumes the store's ordered commit feed; attached before any write.
+        store.feed(hub.clone()).await?;
         let secret = match &config.jwt_secret {
             Some(secret) => {
                 jwt::warn_if_short(secret);
