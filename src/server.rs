@@ -46,6 +46,16 @@ impl App {
     pub async fn open(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         install_crypto_provider();
+        if let Some(nats) = config.nats_options() {
+            // Connecting checks the server's version first, so a too-old NATS is named clearly.
+            let client = crate::store::jetstream::connect(&nats).await?;
+            drop(client);
+            return Err(Error::Config(
+                "cluster mode (--nats): the NATS server is suitable, but the JetStream store \
+                 is not part of this build yet; start without --nats for the embedded store"
+                    .into(),
+            ));
+        }
         let open_files = crate::limits::raise_open_files();
         let max_connections = crate::limits::connection_cap(config.max_connections, open_files);
         if let Some(configured) = config.max_connections

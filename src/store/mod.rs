@@ -13,6 +13,7 @@
 //! built on; a stream that opens in between finds the record in the store instead.
 
 pub mod embedded;
+pub mod jetstream;
 
 #[cfg(test)]
 pub(crate) mod conformance;
