@@ -6,6 +6,8 @@
 //! one atomic batch with consecutive ids). An older server is refused at start with a message
 //! naming the version found and the one needed.
 
+pub mod store;
+pub mod subject;
 pub mod version;
 
 use std::path::PathBuf;
