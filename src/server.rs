@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::jetstream::store::JetStreamStore;
 use crate::stream_conn::StreamAcceptor;
 
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
@@ -46,16 +47,6 @@ impl App {
     pub async fn open(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         install_crypto_provider();
-        if let Some(nats) = config.nats_options() {
-            // Connecting checks the server's version first, so a too-old NATS is named clearly.
-            let client = crate::store::jetstream::connect(&nats).await?;
-            drop(client);
-            return Err(Error::Config(
-                "cluster mode (--nats): the NATS server is suitable, but the JetStream store \
-                 is not part of this build yet; start without --nats for the embedded store"
-                    .into(),
-            ));
-        }
         let open_files = crate::limits::raise_open_files();
         let max_connections = crate::limits::connection_cap(config.max_connections, open_files);
         if let Some(configured) = config.max_connections
@@ -83,27 +74,53 @@ impl App {
             usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),
             max_streams,
         ));
-        file_modes::create_private_dir(&config.db);
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_cache(
-            &config.db,
-            usize::try_from(config.db_cache).unwrap_or(usize::MAX),
-        )?);
+        let (store, cluster, stored_secret): (Arc<dyn Store>, _, _) =
+            if let Some(nats) = config.nats_options() {
+                // Cluster mode: connecting checks the server's version first.
+                let js = Arc::new(JetStreamStore::open(&nats).await?);
+                let secret = match config.jwt_secret {
+                    Some(_) => None,
+                    None => Some(js.jwt_secret().await?),
+                };
+                (js.clone() as Arc<dyn Store>, Some(js), secret)
+            } else {
+                file_modes::create_private_dir(&config.db);
+                let store = Arc::new(EmbeddedStore::open_with_cache(
+                    &config.db,
+                    usize::try_from(config.db_cache).unwrap_or(usize::MAX),
+                )?);
+                (store as Arc<dyn Store>, None, None)
+            };
         // The hub consumes the store's ordered commit feed; attached before any write.
         store.feed(hub.clone()).await?;
-        let secret = match &config.jwt_secret {
-            Some(secret) => {
+        let secret = match (&config.jwt_secret, stored_secret) {
+            (Some(secret), _) => {
                 jwt::warn_if_short(secret);
                 secret.as_bytes().to_vec()
             }
-            None => jwt::load_or_create_secret(&config.db).map_err(|e| {
+            (None, Some(secret)) => secret,
+            (None, None) => jwt::load_or_create_secret(&config.db).map_err(|e| {
                 Error::Config(format!(
                     "cannot keep the JWT secret in {}: {e}",
                     config.db.display()
                 ))
             })?,
         };
-        file_modes::restrict_db_dir(&config.db);
+        if cluster.is_none() {
+            file_modes::restrict_db_dir(&config.db);
+        }
         let auth = Arc::new(Auth::new(&config, &secret, store.clone()));
+        if let Some(cluster) = &cluster {
+            // Another node's revocation, password or permission change ends this node's
+            // streams of that user, as a local change does.
+            let (auth, hub) = (auth.clone(), hub.clone());
+            cluster
+                .watch_users(move |username| {
+                    auth.forget(username);
+                    hub.revoke(username);
+                })
+                .await?;
+        }
         if let Some(admin) = &config.admin {
             auth.ensure_admin(admin).await?;
         }

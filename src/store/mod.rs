@@ -136,6 +136,9 @@ pub enum StoreError {
     /// The underlying storage failed.
     #[error("storage error: {0}")]
     Backend(String),
+    /// The storage cannot be reached right now (cluster mode: NATS); worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Stored bytes could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -255,6 +258,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks a user up by name.
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError>;
+
+    /// Whether the backend is reachable now (`/ready` answers 503 when it is not).
+    fn healthy(&self) -> bool {
+        true
+    }
 
     /// Finishes queued writes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self);

@@ -223,6 +223,19 @@ impl Api {
         self.login(username).await
     }
 
+    /// Logs `username` in with `password` and returns the JWT.
+    pub async fn login_as(&self, username: &str, password: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/login",
+                None,
+                &json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
+        body["jwt"].as_str().expect("jwt").to_owned()
+    }
+
     /// Logs `username` in with [`PASSWORD`] and returns the JWT.
     pub async fn login(&self, username: &str) -> String {
         let (status, body) = self

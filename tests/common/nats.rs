@@ -177,6 +177,21 @@ impl NatsCluster {
         self.wait_healthy(i);
     }
 
+    /// Kills every node, starts them all again on their ports and storage, and waits until
+    /// each is healthy (a lone node of a cluster never is: it needs a quorum).
+    pub fn restart_all(&mut self) {
+        let binary = nats_server_binary();
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.spawn(i, &binary);
+        }
+        for i in 0..self.nodes.len() {
+            self.wait_healthy(i);
+        }
+    }
+
     /// Whether node `i` is running.
     pub fn is_running(&mut self, i: usize) -> bool {
         self.nodes[i]

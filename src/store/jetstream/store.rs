@@ -43,6 +43,9 @@ pub const MAX_BATCH: usize = 1000;
 /// How long a JetStream request may take before the operation fails as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long start-up waits for JetStream's stream and buckets to answer.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How many times a writer retries a batch that another node's write overtook.
 const MAX_CONFLICTS: usize = 64;
 
@@ -83,6 +86,10 @@ pub struct JetStreamStore {
     subject_prefix: String,
     users: kv::Store,
     meta: kv::Store,
+    /// The streams under the buckets, read through their leaders (see [`read_key`]).
+    users_stream: stream::Stream,
+    meta_stream: stream::Stream,
+    prefix: String,
     writer: mpsc::Sender<Append>,
     closed: Arc<AtomicBool>,
     feed: OnceLock<tokio::task::JoinHandle<()>>,
@@ -90,6 +97,11 @@ pub struct JetStreamStore {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// A failed request to NATS: the store is unreachable for now.
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
 }
 
 impl JetStreamStore {
@@ -100,22 +112,32 @@ impl JetStreamStore {
     /// When NATS cannot be reached or refuses the stream or bucket configuration.
     pub async fn open(options: &NatsOptions) -> Result<Self, StoreError> {
         let client = connect(options).await?;
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
         let prefix = &options.prefix;
         let filter = format!("{prefix}.r.>");
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: format!("{prefix}_records"),
-                subjects: vec![filter.clone()],
-                num_replicas: options.replicas,
-                storage: stream::StorageType::File,
-                allow_atomic_publish: true,
-                ..Default::default()
-            })
+        // Right after NATS itself (re)starts, the stream's and buckets' replica groups may
+        // still be electing leaders: keep asking for a while before giving up.
+        let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+        let (stream, users, meta) = loop {
+            match Self::layout(&js, options, &filter).await {
+                Ok(layout) => break layout,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "JetStream is not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let prefix = &options.prefix;
+        let users_stream = js
+            .get_stream(format!("KV_{prefix}_users"))
             .await
-            .map_err(|e| backend(format!("cannot create stream {prefix}_records: {e}")))?;
-        let users = key_value(&js, format!("{prefix}_users"), options.replicas).await?;
-        let meta = key_value(&js, format!("{prefix}_meta"), options.replicas).await?;
+            .map_err(backend)?;
+        let meta_stream = js
+            .get_stream(format!("KV_{prefix}_meta"))
+            .await
+            .map_err(backend)?;
         let (tx, rx) = mpsc::channel(4096);
         let closed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -132,10 +154,36 @@ impl JetStreamStore {
             subject_prefix: format!("{prefix}.r"),
             users,
             meta,
+            users_stream,
+            meta_stream,
+            prefix: prefix.clone(),
             writer: tx,
             closed,
             feed: OnceLock::new(),
         })
+    }
+
+    /// Creates (or finds) the stream and the two buckets.
+    async fn layout(
+        js: &jetstream::Context,
+        options: &NatsOptions,
+        filter: &str,
+    ) -> Result<(stream::Stream, kv::Store, kv::Store), StoreError> {
+        let prefix = &options.prefix;
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{prefix}_records"),
+                subjects: vec![filter.to_owned()],
+                num_replicas: options.replicas,
+                storage: stream::StorageType::File,
+                allow_atomic_publish: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend(format!("cannot create stream {prefix}_records: {e}")))?;
+        let users = key_value(js, format!("{prefix}_users"), options.replicas).await?;
+        let meta = key_value(js, format!("{prefix}_meta"), options.replicas).await?;
+        Ok((stream, users, meta))
     }
 
     /// The JWT secret all nodes share: created once (create-only, so two nodes starting
@@ -153,12 +201,54 @@ impl JetStreamStore {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(backend(format!("cannot create the JWT secret: {e}"))),
         }
-        self.meta
-            .get(KEY)
-            .await
-            .map_err(backend)?
+        read_key(&self.meta_stream, &format!("{}_meta", self.prefix), KEY)
+            .await?
             .map(|v| v.to_vec())
             .ok_or_else(|| backend("the JWT secret vanished from the meta bucket"))
+    }
+
+    /// Calls `changed` with the name of every user whose revocation, token generation,
+    /// permissions or admin flag changes, on any node, as the users bucket reports it (well
+    /// within a second). The watch resumes by itself after a lost connection.
+    ///
+    /// # Errors
+    /// When the watch cannot start.
+    pub async fn watch_users(
+        &self,
+        changed: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        let users = self.users.clone();
+        let mut watch = users.watch_all().await.map_err(backend)?;
+        tokio::spawn(async move {
+            let mut known: std::collections::HashMap<String, User> = Default::default();
+            loop {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { continue };
+                    let Ok(user) = serde_json::from_slice::<User>(&entry.value) else {
+                        continue;
+                    };
+                    let name = user.username.clone();
+                    let differs = known.get(&name).is_some_and(|old| {
+                        old.revoked != user.revoked
+                            || old.token_generation != user.token_generation
+                            || old.read != user.read
+                            || old.write != user.write
+                            || old.admin != user.admin
+                    });
+                    known.insert(name.clone(), user);
+                    if differs {
+                        changed(&name);
+                    }
+                }
+                tracing::warn!("the users watch ended; starting it again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match users.watch_all().await {
+                    Ok(w) => watch = w,
+                    Err(e) => tracing::warn!(error = %e, "cannot watch users"),
+                }
+            }
+        });
+        Ok(())
     }
 
     fn subject(&self, channel: &str, event: &str) -> String {
@@ -307,6 +397,27 @@ async fn key_value(
     .map_err(|e| backend(format!("cannot create bucket {bucket}: {e}")))
 }
 
+/// The current value of `key` in a bucket, read from the leader of the bucket's stream: a
+/// key-value `get` may be answered by a replica that has not applied the latest write yet
+/// (direct get), and a user created on one node must be able to log in on the next at once.
+async fn read_key(
+    stream: &stream::Stream,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Bytes>, StoreError> {
+    match stream
+        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+        .await
+    {
+        Ok(message) => {
+            let deleted = message.headers.get("KV-Operation").is_some();
+            Ok((!deleted).then_some(message.payload))
+        }
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// A stored message's record.
 fn decode(id: u64, payload: &[u8]) -> Result<Arc<Record>, StoreError> {
     decode_wire(id, payload).map(|(record, _, _)| record)
@@ -387,7 +498,7 @@ impl Writer {
 
     /// Re-reads the stream's last sequence and the last record's timestamp.
     async fn refresh(&mut self) -> Result<(u64, u64), StoreError> {
-        let info = self.stream.get_info().await.map_err(backend)?;
+        let info = self.stream.get_info().await.map_err(unavailable)?;
         let seq = info.state.last_sequence;
         let ts = if seq == 0 {
             0
@@ -400,7 +511,10 @@ impl Writer {
     }
 
     async fn commit(&mut self, group: Vec<Append>) {
-        let result = self.write(&group).await;
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, self.write(&group)).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable("no answer from JetStream")),
+        };
         match result {
             Ok(mut records) => {
                 for append in group {
@@ -412,7 +526,11 @@ impl Writer {
             Err(e) => {
                 self.last = None;
                 for append in group {
-                    let _ = append.reply.send(Err(StoreError::Backend(e.to_string())));
+                    let err = match &e {
+                        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                        other => StoreError::Backend(other.to_string()),
+                    };
+                    let _ = append.reply.send(Err(err));
                 }
             }
         }
@@ -530,7 +648,7 @@ impl Writer {
                 .client
                 .send_request(subject, request)
                 .await
-                .map_err(|e| backend(format!("store unavailable: {e}")))?;
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             let ack: BatchAck = serde_json::from_slice(&answer.payload)
                 .map_err(|e| backend(format!("unreadable batch ack: {e}")))?;
             if let Some(error) = ack.error {
@@ -617,7 +735,7 @@ impl Store for JetStreamStore {
     }
 
     async fn last_id(&self) -> Result<u64, StoreError> {
-        let info = self.stream.get_info().await.map_err(backend)?;
+        let info = self.stream.get_info().await.map_err(unavailable)?;
         Ok(info.state.last_sequence)
     }
 
@@ -740,14 +858,15 @@ impl Store for JetStreamStore {
     }
 
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
-        let value = self
-            .users
-            .get(subject::encode(username))
-            .await
-            .map_err(backend)?;
+        let bucket = format!("{}_users", self.prefix);
+        let value = read_key(&self.users_stream, &bucket, &subject::encode(username)).await?;
         value
             .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
+    }
+
+    fn healthy(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     async fn close(&self) {
