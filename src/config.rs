@@ -231,6 +231,12 @@ pub struct Config {
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub cookie_secure: Option<bool>,
 
+    /// Let several processes listen on the same address and port (`SO_REUSEPORT`); the kernel
+    /// spreads new connections over them. For several cluster nodes on one host.
+    #[arg(long, env = "BROKER_REUSE_PORT", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub reuse_port: bool,
+
     /// Cluster mode: NATS server URLs, comma-separated (`nats://h1:4222,nats://h2:4222`).
     /// Records, users and the JWT secret then live in NATS JetStream (nats-server 2.12 or newer)
     /// instead of the embedded database.

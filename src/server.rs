@@ -171,13 +171,16 @@ fn install_crypto_provider() {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the listening socket.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -216,6 +219,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = SocketAddr::new(config.host, config.port);
+    let reuse_port = config.reuse_port;
     let tls = match (config.tls_enabled(), &config.tls_cert, &config.tls_key) {
         (true, Some(cert), Some(key)) => {
             install_crypto_provider();
@@ -232,7 +236,7 @@ pub async fn serve(
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let write_timeout = Duration::from_secs(config.write_timeout);
     let app = App::open(config).await?;
-    let listener = match listen(addr) {
+    let listener = match listen(addr, reuse_port) {
         Ok(listener) => listener,
         Err(e) => {
             app.close().await;

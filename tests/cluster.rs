@@ -375,3 +375,34 @@ async fn unreachable_nats_gives_503_and_streams_catch_up_when_it_returns() {
     assert_eq!(event.event, "after");
     assert_eq!(event.id.as_deref(), after["id"].as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_port_with_reuse_port() {
+    let cluster = NatsCluster::start_n(1);
+    let port = common::free_port().to_string();
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes: Vec<Server> = (0..2)
+        .map(|i| {
+            let db = dir.path().join(format!("db{i}"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+            cmd.args(["--host", "127.0.0.1", "--port", &port, "--reuse-port"])
+                .args(["--nats", &urls, "--nats-replicas", "1", "--db"])
+                .arg(&db);
+            Server::spawn(cmd, db, "http")
+        })
+        .collect();
+    assert_eq!(nodes[0].addr, nodes[1].addr, "both listen on one port");
+    let api = nodes[0].api();
+    let token = api.user("ada").await;
+    // Whichever process the kernel hands each connection to, the data is the same.
+    for i in 0..6 {
+        let answer = common::Api {
+            http: common::client(),
+            base: nodes[1].base.clone(),
+        }
+        .insert(&token, "tick", json!(i), None)
+        .await;
+        assert!(answer["id"].is_string());
+    }
+}
