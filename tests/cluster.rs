@@ -251,8 +251,13 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
             let mut acked = Vec::new();
             let mut after_kill = 0;
             let mut i = 0;
+            let deadline = std::time::Instant::now() + common::TIMEOUT * 2;
             // Until the NATS server is dead and 20 more inserts of this writer succeeded.
             while after_kill < 20 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "inserts did not succeed again after the NATS server was killed"
+                );
                 i += 1;
                 let (status, body) = api
                     .post(
@@ -283,7 +288,11 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
     // Let every writer get some inserts in, then kill a NATS server under them.
     let probe = api.insert(&token, "probe", json!(0), None).await;
     assert!(probe["id"].is_string());
-    cluster.kill(0);
+    // The records stream's leader: the server whose loss forces an election.
+    let leader = cluster
+        .stream_leader(0, "broker_records")
+        .expect("the records stream has a leader");
+    cluster.kill(leader);
     killed_tx.send(true).expect("writers listening");
     let mut acked = Vec::new();
     for writer in writers {

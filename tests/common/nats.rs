@@ -192,6 +192,28 @@ impl NatsCluster {
         }
     }
 
+    /// Index of the node that leads JetStream stream `name`, as node `ask` reports it.
+    pub fn stream_leader(&self, ask: usize, name: &str) -> Option<usize> {
+        let body = http_body(
+            self.nodes[ask].monitor_port,
+            "/jsz?accounts=true&streams=true",
+        )?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let leader = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|account| {
+                account["stream_detail"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|stream| stream["name"] == name)?["cluster"]["leader"]
+            .as_str()?
+            .to_owned();
+        self.nodes.iter().position(|node| node.name == leader)
+    }
+
     /// Whether node `i` is running.
     pub fn is_running(&mut self, i: usize) -> bool {
         self.nodes[i]
@@ -207,6 +229,20 @@ impl Drop for NatsCluster {
             self.kill(i);
         }
     }
+}
+
+/// Body of `GET path` on a loopback port, `None` when nothing answers.
+pub fn http_body(port: u16, path: &str) -> Option<String> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut all = String::new();
+    conn.read_to_string(&mut all).ok()?;
+    all.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
 /// Status code of `GET path` on a loopback port, `None` when nothing answers.
