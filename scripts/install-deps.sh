@@ -39,3 +39,4 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 
 scripts/install-schemathesis.sh
+scripts/install-nats.sh

@@ -243,6 +243,45 @@ pub struct Config {
     /// variable was set; the start-up warning then names the variable that turns it on.
     #[arg(skip)]
     pub open_by_default: bool,
+
+    /// Let several processes listen on the same address and port (`SO_REUSEPORT`); the kernel
+    /// spreads new connections over them. For several cluster nodes on one host.
+    #[arg(long, env = "BROKER_REUSE_PORT", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub reuse_port: bool,
+
+    /// Cluster mode: NATS server URLs, comma-separated (`nats://h1:4222,nats://h2:4222`).
+    /// Records, users and the JWT secret then live in NATS JetStream (nats-server 2.12 or newer)
+    /// instead of the embedded database.
+    #[arg(long, env = "BROKER_NATS")]
+    pub nats: Option<String>,
+
+    /// User name for NATS (with `--nats-password`).
+    #[arg(long, env = "BROKER_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// Password for NATS (with `--nats-user`).
+    #[arg(long, env = "BROKER_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// Token for NATS.
+    #[arg(long, env = "BROKER_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(long, env = "BROKER_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// Copies JetStream keeps of every record and user (1 for a single NATS server; an insert
+    /// is acknowledged once a majority of them has it).
+    #[arg(long, env = "BROKER_NATS_REPLICAS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub nats_replicas: u64,
+
+    /// Prefix of the JetStream stream and buckets, so that several deployments can share one
+    /// NATS (letters, digits, `-` and `_`).
+    #[arg(long, env = "BROKER_NATS_PREFIX", default_value = "broker")]
+    pub nats_prefix: String,
 }
 
 /// Database directory of [`crate::broker_run`], as in the original Broker ("`./tmp` of the
@@ -330,11 +369,72 @@ impl Config {
         usize::try_from(self.max_channels).unwrap_or(usize::MAX)
     }
 
+    /// The NATS connection of cluster mode, `None` without `--nats` (the embedded store).
+    pub fn nats_options(&self) -> Option<crate::store::jetstream::NatsOptions> {
+        let urls: Vec<String> = self
+            .nats
+            .as_deref()?
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Some(crate::store::jetstream::NatsOptions {
+            urls,
+            user_password: self.nats_user.clone().zip(self.nats_password.clone()),
+            token: self.nats_token.clone(),
+            creds: self.nats_creds.clone(),
+            replicas: usize::try_from(self.nats_replicas).unwrap_or(1),
+            prefix: self.nats_prefix.clone(),
+        })
+    }
+
+    /// Checks the NATS flags: URLs present, one kind of credential, a usable prefix.
+    fn validate_nats(&self) -> Result<(), String> {
+        let Some(options) = self.nats_options() else {
+            if self.nats_user.is_some()
+                || self.nats_password.is_some()
+                || self.nats_token.is_some()
+                || self.nats_creds.is_some()
+            {
+                return Err("NATS credentials (--nats-user, --nats-password, --nats-token,                             --nats-creds) need --nats"
+                    .into());
+            }
+            return Ok(());
+        };
+        if options.urls.is_empty() {
+            return Err("--nats needs at least one URL (nats://host:4222)".into());
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            return Err("--nats-user and --nats-password must be given together".into());
+        }
+        let kinds = usize::from(self.nats_user.is_some())
+            + usize::from(self.nats_token.is_some())
+            + usize::from(self.nats_creds.is_some());
+        if kinds > 1 {
+            return Err("give one NATS credential: --nats-user/--nats-password, --nats-token                         or --nats-creds"
+                .into());
+        }
+        let prefix = &self.nats_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 32
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "--nats-prefix {prefix:?} must be 1 to 32 letters, digits, '-' or '_'"
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks combinations of flags that each look fine alone.
     ///
     /// # Errors
     /// A message naming the flag at fault.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_nats()?;
         if self.tls_enabled() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err(
                 "--secure needs --tls-cert (--cert_path) and --tls-key (--key_path)".into(),
@@ -431,6 +531,59 @@ mod tests {
         let c = seed(&["BROKER_DB", "PORT", "BROKER_ORIGIN"]);
         assert_eq!(c.db, PathBuf::from("./data"), "BROKER_DB is left as parsed");
         assert!(c.no_auth, "other variables leave open mode");
+    }
+
+    #[test]
+    fn nats_flags() {
+        let c = Config::try_parse_from(["broker"]).expect("defaults");
+        assert!(c.nats_options().is_none(), "embedded store by default");
+        assert_eq!((c.nats_replicas, c.nats_prefix.as_str()), (3, "broker"));
+        let c = Config::try_parse_from([
+            "broker",
+            "--nats",
+            "nats://a:4222, nats://b:4222",
+            "--nats-user",
+            "u",
+            "--nats-password",
+            "p",
+            "--nats-replicas",
+            "1",
+            "--nats-prefix",
+            "staging",
+        ])
+        .expect("parses");
+        assert!(c.validate().is_ok());
+        let options = c.nats_options().expect("cluster mode");
+        assert_eq!(options.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(options.user_password, Some(("u".into(), "p".into())));
+        assert_eq!((options.replicas, options.prefix.as_str()), (1, "staging"));
+        for (args, says) in [
+            (&["--nats-token", "t"][..], "need --nats"),
+            (&["--nats", " , "], "at least one URL"),
+            (&["--nats", "nats://a", "--nats-user", "u"], "together"),
+            (
+                &[
+                    "--nats",
+                    "nats://a",
+                    "--nats-token",
+                    "t",
+                    "--nats-creds",
+                    "c",
+                ],
+                "one NATS",
+            ),
+            (
+                &["--nats", "nats://a", "--nats-prefix", "a.b"],
+                "--nats-prefix",
+            ),
+        ] {
+            let c = Config::try_parse_from(std::iter::once("broker").chain(args.iter().copied()))
+                .expect("parses");
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        let err = Config::try_parse_from(["broker", "--nats-replicas", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--nats-replicas"));
     }
 
     #[test]

@@ -67,6 +67,10 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Conflict(what) => Self::conflict(what),
             StoreError::Closed => Self::unavailable("shutting down"),
+            StoreError::Unavailable(why) => {
+                tracing::warn!(%why, "store unavailable");
+                Self::unavailable("store unavailable")
+            }
             other => Self::internal(other),
         }
     }

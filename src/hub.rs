@@ -1,6 +1,7 @@
 //! Live fan-out of committed records to every open stream.
 //!
-//! The hub is the store's [`CommitListener`]: each commit's records go, in id order and as one
+//! The hub consumes the store's ordered commit feed as its [`CommitListener`]
+//! ([`Store::feed`](crate::store::Store::feed)): each commit's records go, in id order and as one
 //! message, into one bounded broadcast ring shared by all streams. A record is an `Arc` whose SSE
 //! frame is encoded once and shared, and so is the whole commit's: a stream that may read every
 //! record of a commit writes those shared bytes as they are, with no copy and no allocation.

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::jetstream::store::JetStreamStore;
 use crate::stream_conn::StreamAcceptor;
 
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
@@ -73,26 +74,53 @@ impl App {
             usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),
             max_streams,
         ));
-        file_modes::create_private_dir(&config.db);
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_cache(
-            &config.db,
-            hub.clone(),
-            usize::try_from(config.db_cache).unwrap_or(usize::MAX),
-        )?);
-        let secret = match &config.jwt_secret {
-            Some(secret) => {
+        let (store, cluster, stored_secret): (Arc<dyn Store>, _, _) =
+            if let Some(nats) = config.nats_options() {
+                // Cluster mode: connecting checks the server's version first.
+                let js = Arc::new(JetStreamStore::open(&nats).await?);
+                let secret = match config.jwt_secret {
+                    Some(_) => None,
+                    None => Some(js.jwt_secret().await?),
+                };
+                (js.clone() as Arc<dyn Store>, Some(js), secret)
+            } else {
+                file_modes::create_private_dir(&config.db);
+                let store = Arc::new(EmbeddedStore::open_with_cache(
+                    &config.db,
+                    usize::try_from(config.db_cache).unwrap_or(usize::MAX),
+                )?);
+                (store as Arc<dyn Store>, None, None)
+            };
+        // The hub consumes the store's ordered commit feed; attached before any write.
+        store.feed(hub.clone()).await?;
+        let secret = match (&config.jwt_secret, stored_secret) {
+            (Some(secret), _) => {
                 jwt::warn_if_short(secret);
                 secret.as_bytes().to_vec()
             }
-            None => jwt::load_or_create_secret(&config.db).map_err(|e| {
+            (None, Some(secret)) => secret,
+            (None, None) => jwt::load_or_create_secret(&config.db).map_err(|e| {
                 Error::Config(format!(
                     "cannot keep the JWT secret in {}: {e}",
                     config.db.display()
                 ))
             })?,
         };
-        file_modes::restrict_db_dir(&config.db);
+        if cluster.is_none() {
+            file_modes::restrict_db_dir(&config.db);
+        }
         let auth = Arc::new(Auth::new(&config, &secret, store.clone()));
+        if let Some(cluster) = &cluster {
+            // Another node's revocation, password or permission change ends this node's
+            // streams of that user, as a local change does.
+            let (auth, hub) = (auth.clone(), hub.clone());
+            cluster
+                .watch_users(move |username| {
+                    auth.forget(username);
+                    hub.revoke(username);
+                })
+                .await?;
+        }
         if let Some(admin) = &config.admin {
             auth.ensure_admin(admin).await?;
         }
@@ -203,6 +231,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = SocketAddr::new(config.host, config.port);
+    let reuse_port = config.reuse_port;
     let tls = match (config.tls_enabled(), &config.tls_cert, &config.tls_key) {
         (true, Some(cert), Some(key)) => {
             install_crypto_provider();
@@ -219,7 +248,7 @@ pub async fn serve(
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let write_timeout = Duration::from_secs(config.write_timeout);
     let app = App::open(config).await?;
-    let listeners = match listeners::bind(addr, app.state().config.accept_queues) {
+    let listeners = match listeners::bind(addr, app.state().config.accept_queues, reuse_port) {
         Ok(listeners) => listeners,
         Err(e) => {
             app.close().await;

@@ -14,12 +14,15 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /ready`: 200 while the store is open and the server accepts work, 503 while shutting down.
+/// `GET /ready`: 200 while the store is open and reachable and the server accepts work, 503
+/// while shutting down or (cluster mode) while NATS cannot be reached.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.is_ready() {
-        Ok(Json(json!({ "status": "ready" })))
-    } else {
+    if !state.is_ready() {
         Err(ApiError::unavailable("shutting down"))
+    } else if !state.store.healthy() {
+        Err(ApiError::unavailable("store unavailable"))
+    } else {
+        Ok(Json(json!({ "status": "ready" })))
     }
 }
 

@@ -347,7 +347,8 @@ mod tests {
     async fn recheck_follows_password_changes_and_revocation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let hub = Arc::new(crate::hub::Hub::new(16, usize::MAX, 16));
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), hub).expect("store"));
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open_feeding(dir.path(), hub).expect("store"));
         let config = Config::try_parse_from(["broker"]).expect("config");
         let auth = Auth::new(&config, b"0123456789abcdef0123456789abcdef", store.clone());
         let mut ada = User {

@@ -29,13 +29,15 @@ const LISTEN_BACKLOG: u32 = 4096;
 const GOLDEN: u32 = 0x9E37_79B1;
 
 /// Binds `queues` listening sockets to `addr` (one, plainly, when `queues` is 1). When the
-/// port is 0 they all share the one the kernel picks.
+/// port is 0 they all share the one the kernel picks. With `shared` (`--reuse-port`: several
+/// processes on one port) it binds one `SO_REUSEPORT` socket and lets the kernel spread
+/// connections over the processes, since a steering program sees every process's sockets.
 ///
 /// # Errors
 /// When the address is in use or cannot be bound, or the steering program is refused.
-pub fn bind(addr: SocketAddr, queues: u16) -> io::Result<Vec<TcpListener>> {
-    if queues <= 1 {
-        return Ok(vec![socket(addr, false)?.listen(LISTEN_BACKLOG)?]);
+pub fn bind(addr: SocketAddr, queues: u16, shared: bool) -> io::Result<Vec<TcpListener>> {
+    if shared || queues <= 1 {
+        return Ok(vec![socket(addr, shared)?.listen(LISTEN_BACKLOG)?]);
     }
     // A plain bind first: it fails if anything listens on the port already (a second Broker
     // with SO_REUSEPORT would otherwise join the group and get none of the connections), and
@@ -156,7 +158,7 @@ mod tests {
     #[tokio::test]
     async fn the_kernel_steers_each_source_address_to_its_queue() {
         let queues = 4;
-        let listeners = bind("127.0.0.1:0".parse().expect("addr"), queues).expect("bind");
+        let listeners = bind("127.0.0.1:0".parse().expect("addr"), queues, false).expect("bind");
         let addr = listeners[0].local_addr().expect("local addr");
         assert!(listeners.iter().all(|l| l.local_addr().ok() == Some(addr)));
         let mut seen = std::collections::BTreeSet::new();
@@ -181,7 +183,7 @@ mod tests {
     fn a_port_in_use_is_refused_rather_than_shared() {
         let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = first.local_addr().expect("addr");
-        let error = bind(addr, 4).expect_err("the port is taken");
+        let error = bind(addr, 4, false).expect_err("the port is taken");
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
     }
 

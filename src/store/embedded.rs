@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -69,7 +69,12 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<std_mpsc::Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     users: UserCache,
+    feed: Feed,
 }
+
+/// The consumer of the commit feed, once attached: the writer thread tells it of each commit
+/// in-process, at the cost of one atomic load.
+type Feed = Arc<OnceLock<Arc<dyn CommitListener>>>;
 
 /// Users already read or written, so authenticating a request needs no database read.
 /// Only existing users are kept (bounded by the accounts there are). The writer puts every
@@ -82,19 +87,15 @@ impl EmbeddedStore {
     ///
     /// # Errors
     /// When the directory cannot be created, the file is locked by another process, or is corrupt.
-    pub fn open(dir: &Path, listener: Arc<dyn CommitListener>) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, listener, DEFAULT_CACHE)
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE)
     }
 
     /// Opens the database like [`EmbeddedStore::open`], with a page cache of `cache_bytes`.
     ///
     /// # Errors
     /// As [`EmbeddedStore::open`].
-    pub fn open_with_cache(
-        dir: &Path,
-        listener: Arc<dyn CommitListener>,
-        cache_bytes: usize,
-    ) -> Result<Self, StoreError> {
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create database directory {}: {e}",
@@ -124,7 +125,8 @@ impl EmbeddedStore {
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
         let users = UserCache::default();
-        let mut writer = Writer::load(db.clone(), listener, users.clone())?;
+        let feed = Feed::default();
+        let mut writer = Writer::load(db.clone(), feed.clone(), users.clone())?;
         let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("broker-store-writer".into())
@@ -136,7 +138,28 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             users,
+            feed,
         })
+    }
+
+    /// Attaches the consumer of the commit feed ([`Store::feed`]) without awaiting anything.
+    ///
+    /// # Errors
+    /// When a consumer is attached already.
+    pub fn attach_feed(&self, sink: Arc<dyn CommitListener>) -> Result<(), StoreError> {
+        self.feed
+            .set(sink)
+            .map_err(|_| StoreError::Backend("the commit feed has a consumer already".into()))
+    }
+
+    /// Opens the database like [`EmbeddedStore::open`] with `sink` consuming its commit feed.
+    ///
+    /// # Errors
+    /// As [`EmbeddedStore::open`].
+    pub fn open_feeding(dir: &Path, sink: Arc<dyn CommitListener>) -> Result<Self, StoreError> {
+        let store = Self::open(dir)?;
+        store.attach_feed(sink)?;
+        Ok(store)
     }
 
     /// Path of the database file.
@@ -205,6 +228,10 @@ fn get_record(
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    async fn feed(&self, sink: Arc<dyn CommitListener>) -> Result<(), StoreError> {
+        self.attach_feed(sink)
+    }
+
     async fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Arc<Record>>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -457,7 +484,7 @@ impl Store for EmbeddedStore {
 /// The writer thread's state: the next id and the last timestamp handed out.
 struct Writer {
     db: Arc<Database>,
-    listener: Arc<dyn CommitListener>,
+    feed: Feed,
     next_id: u64,
     last_timestamp: u64,
     users: UserCache,
@@ -472,14 +499,10 @@ enum Pending {
 }
 
 impl Writer {
-    fn load(
-        db: Arc<Database>,
-        listener: Arc<dyn CommitListener>,
-        users: UserCache,
-    ) -> Result<Self, StoreError> {
+    fn load(db: Arc<Database>, feed: Feed, users: UserCache) -> Result<Self, StoreError> {
         let mut writer = Self {
             db,
-            listener,
+            feed,
             next_id: 1,
             last_timestamp: 0,
             users,
@@ -557,8 +580,10 @@ impl Writer {
                         }
                     }
                 }
-                if !committed.is_empty() {
-                    self.listener.committed(&committed);
+                if !committed.is_empty()
+                    && let Some(sink) = self.feed.get()
+                {
+                    sink.committed(&committed);
                 }
             }
             Err(err) => {
@@ -678,7 +703,7 @@ mod tests {
     async fn embedded_store_passes_the_conformance_suite() {
         conformance::run_all(|listener| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = EmbeddedStore::open(dir.path(), listener).expect("open");
+            let store = EmbeddedStore::open_feeding(dir.path(), listener).expect("open");
             (Box::new(store) as Box<dyn Store>, dir)
         })
         .await;
@@ -688,13 +713,13 @@ mod tests {
     async fn reopening_keeps_records_and_counters() {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = Arc::new(conformance::Recorder::default());
-        let store = EmbeddedStore::open(dir.path(), listener.clone()).expect("open");
+        let store = EmbeddedStore::open_feeding(dir.path(), listener.clone()).expect("open");
         let first = store
             .append(vec![conformance::new_record("c", "e", "1")])
             .await
             .expect("append");
         store.close().await;
-        let store = EmbeddedStore::open(dir.path(), listener).expect("reopen");
+        let store = EmbeddedStore::open_feeding(dir.path(), listener).expect("reopen");
         let second = store
             .append(vec![conformance::new_record("c", "e", "2")])
             .await
@@ -739,7 +764,7 @@ mod tests {
             answered: Mutex::new(rx),
             answered_first: Mutex::new(None),
         });
-        let store = EmbeddedStore::open(dir.path(), listener.clone()).expect("open");
+        let store = EmbeddedStore::open_feeding(dir.path(), listener.clone()).expect("open");
         store
             .append(vec![conformance::new_record("c", "e", "1")])
             .await
@@ -757,8 +782,8 @@ mod tests {
     async fn a_second_process_cannot_open_the_same_database() {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = Arc::new(conformance::Recorder::default());
-        let store = EmbeddedStore::open(dir.path(), listener.clone()).expect("open");
-        let err = EmbeddedStore::open(dir.path(), listener)
+        let store = EmbeddedStore::open_feeding(dir.path(), listener.clone()).expect("open");
+        let err = EmbeddedStore::open_feeding(dir.path(), listener)
             .err()
             .expect("must fail");
         assert!(err.to_string().contains("in use"), "{err}");

@@ -1,15 +1,19 @@
 //! Durable storage of records and users, behind the [`Store`] trait.
 //!
-//! The HTTP layer only ever talks to a `dyn Store`, so the embedded store ([`embedded`]) and the
-//! cluster store are interchangeable. Every implementation must pass the conformance suite in
-//! `conformance.rs`.
+//! The HTTP layer only ever talks to a `dyn Store`, so backends are interchangeable: today the
+//! embedded `redb` store ([`embedded`]); the NATS JetStream store of cluster mode is to follow
+//! behind the same seam. Every implementation must pass the conformance suite in
+//! `conformance.rs`, and keep the rules stated on [`Store`].
 //!
-//! A store reports every commit, in id order, to its [`CommitListener`] (the hub) as soon as it
-//! is durable: right after the appends are acknowledged, so a publisher's answer never waits for
-//! the fan-out to thousands of streams. That single ordered feed is what the live streams are
+//! The backend owns the ordered feed of commits: the hub does not construct the store, it
+//! consumes the store's feed ([`Store::feed`]). The embedded store delivers it in-process from
+//! its writer thread, right after the appends are acknowledged, so a publisher's answer never
+//! waits for the fan-out to thousands of streams; a shared backend delivers every node's commits
+//! through one ordered reader per node. That single ordered feed is what the live streams are
 //! built on; a stream that opens in between finds the record in the store instead.
 
 pub mod embedded;
+pub mod jetstream;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -132,6 +136,9 @@ pub enum StoreError {
     /// The underlying storage failed.
     #[error("storage error: {0}")]
     Backend(String),
+    /// The storage cannot be reached right now (cluster mode: NATS); worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Stored bytes could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -144,16 +151,51 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Receives every committed batch of records, in id order, once they are durable (just after the
-/// appends are acknowledged).
+/// The consumer of a store's commit feed (the hub): receives every committed batch of records, in
+/// id order, once they are durable (just after the appends are acknowledged).
 pub trait CommitListener: Send + Sync + 'static {
     /// Called once per commit with the new records in id order.
     fn committed(&self, records: &[Arc<Record>]);
 }
 
 /// Where records and users live. Implementations must be safe to share between tasks.
+///
+/// # The rules every backend keeps
+/// The streams' no-gap, no-duplicate promise rests on these; the conformance suite checks them.
+///
+/// 1. **Ids are one global order.** A record's id is its position in the commit order of the
+///    whole deployment (every node of a cluster agrees on it), strictly increasing from 1, so a
+///    `Last-Event-ID` issued by one node resumes on any other.
+/// 2. **A batch is atomic and contiguous.** [`Store::append`] stores all of a batch or none of
+///    it, and its records get consecutive ids: no other record ever falls between them, and no
+///    reader (page, snapshot, feed) ever sees part of a batch.
+/// 3. **Timestamps are unique.** Per (channel, event) a record's timestamp is unique and
+///    increases with its id (the audit log's keys `{event}_v_{timestamp}` depend on it).
+/// 4. **Durable before answered.** `append` returns only once the records survive a crash of
+///    this process (the embedded store: fsync; a replicated backend: the quorum's ack).
+/// 5. **A snapshot is one point in time.** [`Store::latest_ids`] (and [`Store::latest`]) describe
+///    the store as of a single id `N`: the latest version of each event among records `<= N`,
+///    with nothing newer mixed in, so that the live feed from `N + 1` on meets it with no gap
+///    and no duplicate.
+/// 6. **`since` never skips.** [`Store::since`] returns the records after `after` with no id
+///    left out. A backend that no longer holds the history after `after` must not return the
+///    ids after the hole as if nothing were missing: it must tell its caller, so that the stream
+///    sends `$reset` and a fresh snapshot instead of a replay with a gap. (Both the embedded and
+///    the JetStream design keep every record, so today the history is always there; a cursor
+///    newer than [`Store::last_id`] is the one case of an unknown id, answered with `$reset`.)
+/// 7. **The feed sees every commit, in id order, once.** The [`CommitListener`] given to
+///    [`Store::feed`] is told of every commit made after it was attached, by any node of the
+///    deployment, each record once, in id order and with batches whole; a record is
+///    readable from the store before (or as) the feed reports it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Attaches the one consumer of the ordered commit feed (the hub): every commit from now on
+    /// is reported to it as rule 7 says. Called once, before the store takes writes.
+    ///
+    /// # Errors
+    /// When a consumer is attached already, or the backend cannot start its reader.
+    async fn feed(&self, sink: Arc<dyn CommitListener>) -> Result<(), StoreError>;
+
     /// Appends a batch atomically (all or none) and returns the records once they are durable.
     async fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Arc<Record>>, StoreError>;
 
@@ -216,6 +258,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks a user up by name.
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError>;
+
+    /// Whether the backend is reachable now (`/ready` answers 503 when it is not).
+    fn healthy(&self) -> bool {
+        true
+    }
 
     /// Finishes queued writes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self);

@@ -2,6 +2,7 @@
 //! HTTP and SSE to it.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod sse;
 
 use std::io::{BufRead, BufReader};
@@ -237,6 +238,19 @@ impl Api {
             .await;
         assert_eq!(status, StatusCode::OK, "signup {username}: {body}");
         self.login(username).await
+    }
+
+    /// Logs `username` in with `password` and returns the JWT.
+    pub async fn login_as(&self, username: &str, password: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/login",
+                None,
+                &json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
+        body["jwt"].as_str().expect("jwt").to_owned()
     }
 
     /// Logs `username` in with [`PASSWORD`] and returns the JWT.

@@ -1,0 +1,1020 @@
+//! The JetStream-backed [`Store`]: records in one stream, users and the JWT secret in key-value
+//! buckets. See the README's "Cluster" section for the layout and its guarantees.
+//!
+//! - **Records**: stream `<prefix>_records`, subjects `<prefix>.r.<channel>.<event>` (names
+//!   encoded by [`super::subject`]). The record id is the stream sequence.
+//! - **Writes**: each node has one writer task that gathers the appends waiting for it (group
+//!   commit, up to [`MAX_BATCH`] records) into one JetStream atomic batch. Its first message
+//!   carries `Nats-Expected-Last-Sequence`, the last sequence the writer knows: the batch is
+//!   stored only if nothing was written in between, so its records take consecutive ids right
+//!   after it, and their timestamps, `max(now, last timestamp + 1)` counting up, are unique and
+//!   increase with the id across the whole stream. When another node wrote first, the server
+//!   refuses the batch with "wrong last sequence"; the writer re-reads the stream's last record
+//!   and tries again. An append is answered only after the batch's ack (stored by a quorum of
+//!   the replicas).
+//! - **Feed**: one ordered consumer per node, from the sequence after the last one at attach
+//!   time, hands each JetStream batch to the hub as one commit (each message carries its
+//!   batch's size and its index in it).
+//! - **Snapshots** are one cut: see [`JetStreamStore::latest_cut`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{HeaderMap, Request};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::subject;
+use super::{NatsOptions, connect};
+use crate::store::{
+    ChannelPredicate, CommitListener, NewRecord, Record, Store, StoreError, User, now_micros,
+    page_full,
+};
+
+/// Most records in one atomic batch (nats-server's default `max_msgs` of a batch).
+pub const MAX_BATCH: usize = 1000;
+
+/// How long a JetStream request may take before the operation fails as unavailable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long start-up waits for JetStream's stream and buckets to answer.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How many times a writer retries a batch that another node's write overtook.
+const MAX_CONFLICTS: usize = 64;
+
+/// Parallel single-message reads of one page.
+const READ_CONCURRENCY: usize = 32;
+
+/// A record as stored in a stream message (the id is the message's sequence).
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    /// Channel.
+    c: std::borrow::Cow<'a, str>,
+    /// Event.
+    e: std::borrow::Cow<'a, str>,
+    /// Inserting user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<std::borrow::Cow<'a, str>>,
+    /// Timestamp, microseconds.
+    t: u64,
+    /// Size of the JetStream batch the record was written in, and its index there.
+    n: usize,
+    i: usize,
+    /// The event's data.
+    #[serde(borrow)]
+    d: &'a RawValue,
+}
+
+/// An append waiting for the writer.
+struct Append {
+    batch: Vec<NewRecord>,
+    reply: oneshot::Sender<Result<Vec<Arc<Record>>, StoreError>>,
+}
+
+/// The JetStream [`Store`].
+pub struct JetStreamStore {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    filter: String,
+    subject_prefix: String,
+    users: kv::Store,
+    meta: kv::Store,
+    /// The streams under the buckets, read through their leaders (see [`read_key`]).
+    users_stream: stream::Stream,
+    meta_stream: stream::Stream,
+    prefix: String,
+    writer: mpsc::Sender<Append>,
+    closed: Arc<AtomicBool>,
+    feed: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// A failed request to NATS: the store is unreachable for now.
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl JetStreamStore {
+    /// Connects (checking the server version), creates the stream and buckets if missing, and
+    /// starts the writer task.
+    ///
+    /// # Errors
+    /// When NATS cannot be reached or refuses the stream or bucket configuration.
+    pub async fn open(options: &NatsOptions) -> Result<Self, StoreError> {
+        let client = connect(options).await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        let prefix = &options.prefix;
+        let filter = format!("{prefix}.r.>");
+        // Right after NATS itself (re)starts, the stream's and buckets' replica groups may
+        // still be electing leaders: keep asking for a while before giving up.
+        let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+        let (stream, users, meta) = loop {
+            match Self::layout(&js, options, &filter).await {
+                Ok(layout) => break layout,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "JetStream is not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let prefix = &options.prefix;
+        let users_stream = js
+            .get_stream(format!("KV_{prefix}_users"))
+            .await
+            .map_err(backend)?;
+        let meta_stream = js
+            .get_stream(format!("KV_{prefix}_meta"))
+            .await
+            .map_err(backend)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let closed = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            client: client.clone(),
+            stream: stream.clone(),
+            subject_prefix: format!("{prefix}.r"),
+            last: None,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Self {
+            client,
+            stream,
+            filter,
+            subject_prefix: format!("{prefix}.r"),
+            users,
+            meta,
+            users_stream,
+            meta_stream,
+            prefix: prefix.clone(),
+            writer: tx,
+            closed,
+            feed: OnceLock::new(),
+        })
+    }
+
+    /// Creates (or finds) the stream and the two buckets.
+    async fn layout(
+        js: &jetstream::Context,
+        options: &NatsOptions,
+        filter: &str,
+    ) -> Result<(stream::Stream, kv::Store, kv::Store), StoreError> {
+        let prefix = &options.prefix;
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{prefix}_records"),
+                subjects: vec![filter.to_owned()],
+                num_replicas: options.replicas,
+                storage: stream::StorageType::File,
+                allow_atomic_publish: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend(format!("cannot create stream {prefix}_records: {e}")))?;
+        let users = key_value(js, format!("{prefix}_users"), options.replicas).await?;
+        let meta = key_value(js, format!("{prefix}_meta"), options.replicas).await?;
+        Ok((stream, users, meta))
+    }
+
+    /// The JWT secret all nodes share: created once (create-only, so two nodes starting
+    /// together agree on the first one written), then read.
+    ///
+    /// # Errors
+    /// When the bucket cannot be reached.
+    pub async fn jwt_secret(&self) -> Result<Vec<u8>, StoreError> {
+        const KEY: &str = "jwt_secret";
+        let mut fresh = [0u8; 32];
+        rand::fill(&mut fresh);
+        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        match self.meta.create(KEY, Bytes::from(hex.clone())).await {
+            Ok(_) => return Ok(hex.into_bytes()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(backend(format!("cannot create the JWT secret: {e}"))),
+        }
+        read_key(&self.meta_stream, &format!("{}_meta", self.prefix), KEY)
+            .await?
+            .map(|v| v.to_vec())
+            .ok_or_else(|| backend("the JWT secret vanished from the meta bucket"))
+    }
+
+    /// Calls `changed` with the name of every user whose revocation, token generation,
+    /// permissions or admin flag changes, on any node, as the users bucket reports it (well
+    /// within a second). The watch resumes by itself after a lost connection.
+    ///
+    /// # Errors
+    /// When the watch cannot start.
+    pub async fn watch_users(
+        &self,
+        changed: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        let users = self.users.clone();
+        let mut watch = users.watch_all().await.map_err(backend)?;
+        tokio::spawn(async move {
+            let mut known: std::collections::HashMap<String, User> = Default::default();
+            loop {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { continue };
+                    let Ok(user) = serde_json::from_slice::<User>(&entry.value) else {
+                        continue;
+                    };
+                    let name = user.username.clone();
+                    let differs = known.get(&name).is_some_and(|old| {
+                        old.revoked != user.revoked
+                            || old.token_generation != user.token_generation
+                            || old.read != user.read
+                            || old.write != user.write
+                            || old.admin != user.admin
+                    });
+                    known.insert(name.clone(), user);
+                    if differs {
+                        changed(&name);
+                    }
+                }
+                tracing::warn!("the users watch ended; starting it again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match users.watch_all().await {
+                    Ok(w) => watch = w,
+                    Err(e) => tracing::warn!(error = %e, "cannot watch users"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn subject(&self, channel: &str, event: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            subject::encode(channel),
+            subject::encode(event)
+        )
+    }
+
+    /// The channel of a record subject.
+    fn channel_of(&self, subject: &str) -> Option<String> {
+        let rest = subject
+            .strip_prefix(&self.subject_prefix)?
+            .strip_prefix('.')?;
+        subject::decode(rest.split('.').next()?)
+    }
+
+    /// The record with sequence `id`, `None` when there is none.
+    async fn get(&self, id: u64) -> Result<Option<Arc<Record>>, StoreError> {
+        match self.stream.get_raw_message(id).await {
+            Ok(message) => decode(message.sequence, &message.payload).map(Some),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// The last record of a subject, `None` when it has none.
+    async fn last_of_subject(&self, subject: &str) -> Result<Option<Arc<Record>>, StoreError> {
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => decode(message.sequence, &message.payload).map(Some),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Records with ids `from..=to`, in id order, up to `limit` and `max_bytes`.
+    async fn range(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut next = from;
+        while next <= to && out.len() < limit && !page_full(out.len(), bytes, max_bytes) {
+            let end = to.min(next + READ_CONCURRENCY as u64 - 1);
+            let page: Vec<Option<Arc<Record>>> =
+                futures_util::stream::iter((next..=end).map(|id| self.get(id)))
+                    .buffered(READ_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+            for record in page.into_iter().flatten() {
+                if out.len() >= limit || page_full(out.len(), bytes, max_bytes) {
+                    break;
+                }
+                bytes += record.size();
+                out.push(record);
+            }
+            next = end + 1;
+        }
+        Ok(out)
+    }
+
+    /// The latest version of every (channel, event) whose channel passes `keep`, as of one
+    /// point in time, in id order.
+    ///
+    /// Per-subject "last message" reads are not atomic with each other, so the cut is made
+    /// like this: read the stream's last sequence `N0`, then the last message of each subject,
+    /// and call the largest sequence seen `N` (at least `N0`). A subject whose latest version
+    /// at `N` is at most `N0` was read after `N0` and before anything above `N` could be seen
+    /// (its read returned at most `N`), so its read is that version. A version in `N0+1..=N`
+    /// is found by reading that (short) range and folded in. The result is exactly the state
+    /// at `N`; the live feed supplies everything after it.
+    async fn latest_cut(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        let n0 = self.last_id().await?;
+        let subjects: Vec<String> = {
+            let info = self
+                .stream
+                .info_with_subjects(&self.filter)
+                .await
+                .map_err(backend)?;
+            info.map_ok(|(subject, _)| subject)
+                .try_collect()
+                .await
+                .map_err(backend)?
+        };
+        let wanted: Vec<String> = subjects
+            .into_iter()
+            .filter(|s| self.channel_of(s).is_some_and(|c| keep(&c)))
+            .collect();
+        let lasts: Vec<Option<Arc<Record>>> = futures_util::stream::iter(
+            wanted
+                .into_iter()
+                .map(|s| async move { self.last_of_subject(&s).await }),
+        )
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+        let mut latest: std::collections::HashMap<(String, String), Arc<Record>> = lasts
+            .into_iter()
+            .flatten()
+            .map(|r| ((r.channel.clone(), r.event.clone()), r))
+            .collect();
+        let n = latest.values().map(|r| r.id).max().unwrap_or(0).max(n0);
+        if n > n0 {
+            for record in self.range(n0 + 1, n, usize::MAX, usize::MAX).await? {
+                if !keep(&record.channel) {
+                    continue;
+                }
+                let key = (record.channel.clone(), record.event.clone());
+                let newer = latest.get(&key).is_none_or(|r| r.id < record.id);
+                if newer {
+                    latest.insert(key, record);
+                }
+            }
+        }
+        let mut out: Vec<Arc<Record>> = latest.into_values().filter(|r| r.id <= n).collect();
+        out.sort_unstable_by_key(|r| r.id);
+        Ok(out)
+    }
+}
+
+async fn key_value(
+    js: &jetstream::Context,
+    bucket: String,
+    replicas: usize,
+) -> Result<kv::Store, StoreError> {
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.clone(),
+        history: 1,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| backend(format!("cannot create bucket {bucket}: {e}")))
+}
+
+/// The current value of `key` in a bucket, read from the leader of the bucket's stream: a
+/// key-value `get` may be answered by a replica that has not applied the latest write yet
+/// (direct get), and a user created on one node must be able to log in on the next at once.
+async fn read_key(
+    stream: &stream::Stream,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Bytes>, StoreError> {
+    match stream
+        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+        .await
+    {
+        Ok(message) => {
+            let deleted = message.headers.get("KV-Operation").is_some();
+            Ok((!deleted).then_some(message.payload))
+        }
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// A stored message's record.
+fn decode(id: u64, payload: &[u8]) -> Result<Arc<Record>, StoreError> {
+    decode_wire(id, payload).map(|(record, _, _)| record)
+}
+
+/// A stored message's record, its batch's size and its index in the batch.
+fn decode_wire(id: u64, payload: &[u8]) -> Result<(Arc<Record>, usize, usize), StoreError> {
+    let wire: Wire<'_> = serde_json::from_slice(payload)
+        .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))?;
+    let data = wire.d.to_owned();
+    Ok((
+        Arc::new(Record::new(
+            id,
+            wire.c.into_owned(),
+            wire.e.into_owned(),
+            wire.t,
+            wire.u.map(std::borrow::Cow::into_owned),
+            data,
+        )),
+        wire.n,
+        wire.i,
+    ))
+}
+
+/// The node's one writer: group commit into atomic batches under expected-last-sequence.
+struct Writer {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    subject_prefix: String,
+    /// The last sequence and timestamp this writer knows of.
+    last: Option<(u64, u64)>,
+}
+
+/// The answer to a batch commit.
+#[derive(Deserialize)]
+struct BatchAck {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    count: u64,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// JetStream's error code for a failed `Nats-Expected-Last-Sequence`.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+
+enum Outcome {
+    Stored(u64),
+    Conflict,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            let mut records = group[0].batch.len();
+            while let Ok(next) = rx.try_recv() {
+                if records + next.batch.len() > MAX_BATCH {
+                    self.commit(std::mem::replace(&mut group, vec![next])).await;
+                    records = group[0].batch.len();
+                } else {
+                    records += next.batch.len();
+                    group.push(next);
+                }
+            }
+            self.commit(group).await;
+        }
+    }
+
+    /// Re-reads the stream's last sequence and the last record's timestamp.
+    async fn refresh(&mut self) -> Result<(u64, u64), StoreError> {
+        let info = self.stream.get_info().await.map_err(unavailable)?;
+        let seq = info.state.last_sequence;
+        let ts = if seq == 0 {
+            0
+        } else {
+            let message = self.stream.get_raw_message(seq).await.map_err(backend)?;
+            decode(seq, &message.payload)?.timestamp
+        };
+        self.last = Some((seq, ts));
+        Ok((seq, ts))
+    }
+
+    async fn commit(&mut self, group: Vec<Append>) {
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, self.write(&group)).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable("no answer from JetStream")),
+        };
+        match result {
+            Ok(mut records) => {
+                for append in group {
+                    let rest = records.split_off(append.batch.len());
+                    let _ = append.reply.send(Ok(records));
+                    records = rest;
+                }
+            }
+            Err(e) => {
+                self.last = None;
+                for append in group {
+                    let err = match &e {
+                        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                        other => StoreError::Backend(other.to_string()),
+                    };
+                    let _ = append.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, group: &[Append]) -> Result<Vec<Arc<Record>>, StoreError> {
+        let count: usize = group.iter().map(|a| a.batch.len()).sum();
+        if count > MAX_BATCH {
+            return Err(backend(format!(
+                "a batch holds at most {MAX_BATCH} records in cluster mode"
+            )));
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let (seq, ts) = match self.last {
+                Some(last) => last,
+                None => self.refresh().await?,
+            };
+            let first_stamp = now_micros().max(ts + 1);
+            let mut stamps = Vec::with_capacity(count);
+            let mut messages = Vec::with_capacity(count);
+            let records = group.iter().flat_map(|a| &a.batch).enumerate();
+            for (stamp, (i, record)) in (first_stamp..).zip(records) {
+                stamps.push(stamp);
+                let wire = Wire {
+                    c: record.channel.as_str().into(),
+                    e: record.event.as_str().into(),
+                    u: record.user.as_deref().map(Into::into),
+                    t: stamp,
+                    n: count,
+                    i,
+                    d: &record.data,
+                };
+                let payload = serde_json::to_vec(&wire).map_err(backend)?;
+                let subject = format!(
+                    "{}.{}.{}",
+                    self.subject_prefix,
+                    subject::encode(&record.channel),
+                    subject::encode(&record.event)
+                );
+                messages.push((subject, Bytes::from(payload)));
+            }
+            match self.publish(seq, messages).await? {
+                Outcome::Conflict => {
+                    self.refresh().await?;
+                }
+                Outcome::Stored(last) => {
+                    let first = last + 1 - count as u64;
+                    if first != seq + 1 {
+                        self.last = None;
+                        return Err(backend(format!(
+                            "batch stored at {first}, expected {}",
+                            seq + 1
+                        )));
+                    }
+                    self.last = stamps.last().map(|&t| (last, t));
+                    let records = group
+                        .iter()
+                        .flat_map(|a| &a.batch)
+                        .zip(stamps)
+                        .enumerate()
+                        .map(|(i, (r, t))| {
+                            Arc::new(Record::new(
+                                first + i as u64,
+                                r.channel.clone(),
+                                r.event.clone(),
+                                t,
+                                r.user.clone(),
+                                r.data.clone(),
+                            ))
+                        })
+                        .collect();
+                    return Ok(records);
+                }
+            }
+        }
+        Err(backend("too many concurrent writers; try again"))
+    }
+
+    /// Publishes one atomic batch expecting `last` as the stream's last sequence.
+    async fn publish(
+        &self,
+        last: u64,
+        messages: Vec<(String, Bytes)>,
+    ) -> Result<Outcome, StoreError> {
+        let id: String = {
+            use rand::Rng;
+            use rand::distr::Alphanumeric;
+            rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(22)
+                .map(char::from)
+                .collect()
+        };
+        let total = messages.len();
+        for (i, (subject, payload)) in messages.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Batch-Id", id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            if i == 0 {
+                headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+            }
+            if i + 1 < total {
+                self.client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(backend)?;
+                continue;
+            }
+            headers.insert("Nats-Batch-Commit", "1");
+            let request = Request::new()
+                .headers(headers)
+                .payload(payload)
+                .timeout(Some(REQUEST_TIMEOUT));
+            let answer = self
+                .client
+                .send_request(subject, request)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let ack: BatchAck = serde_json::from_slice(&answer.payload)
+                .map_err(|e| backend(format!("unreadable batch ack: {e}")))?;
+            if let Some(error) = ack.error {
+                if error.err_code == WRONG_LAST_SEQUENCE
+                    || error.description.contains("wrong last sequence")
+                {
+                    return Ok(Outcome::Conflict);
+                }
+                return Err(backend(format!("batch refused: {}", error.description)));
+            }
+            if ack.count != total as u64 {
+                return Err(backend("batch ack counts another size"));
+            }
+            return Ok(Outcome::Stored(ack.seq));
+        }
+        Err(backend("empty batch"))
+    }
+}
+
+#[async_trait]
+impl Store for JetStreamStore {
+    async fn feed(&self, sink: Arc<dyn CommitListener>) -> Result<(), StoreError> {
+        let after = self.last_id().await?;
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.filter.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend(format!("cannot create the ordered consumer: {e}")))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| backend(format!("cannot read the ordered consumer: {e}")))?;
+        let task = tokio::spawn(async move {
+            let mut pending: Vec<Arc<Record>> = Vec::new();
+            while let Some(message) = messages.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ordered consumer");
+                        continue;
+                    }
+                };
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                match decode_wire(seq, &message.payload) {
+                    Ok((record, n, i)) => {
+                        if i == 0 && !pending.is_empty() {
+                            sink.committed(&std::mem::take(&mut pending));
+                        }
+                        pending.push(record);
+                        if i + 1 >= n {
+                            sink.committed(&std::mem::take(&mut pending));
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "undecodable record in the stream"),
+                }
+            }
+            tracing::error!("the ordered consumer ended: no more live records on this node");
+        });
+        self.feed
+            .set(task)
+            .map_err(|_| backend("the commit feed has a consumer already"))
+    }
+
+    async fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Arc<Record>>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Append { batch, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn last_id(&self) -> Result<u64, StoreError> {
+        let info = self.stream.get_info().await.map_err(unavailable)?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn latest(&self, channels: Option<Vec<String>>) -> Result<Vec<Arc<Record>>, StoreError> {
+        self.latest_cut(|c| channels.as_ref().is_none_or(|cs| cs.iter().any(|x| x == c)))
+            .await
+    }
+
+    async fn latest_of(
+        &self,
+        channel: &str,
+        event: &str,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
+        self.last_of_subject(&self.subject(channel, event)).await
+    }
+
+    async fn latest_ids(
+        &self,
+        channels: Option<Vec<String>>,
+        readable: ChannelPredicate,
+    ) -> Result<Vec<u64>, StoreError> {
+        let records = self
+            .latest_cut(|c| {
+                channels.as_ref().is_none_or(|cs| cs.iter().any(|x| x == c)) && readable(c)
+            })
+            .await?;
+        Ok(records.iter().map(|r| r.id).collect())
+    }
+
+    async fn records(
+        &self,
+        ids: Vec<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for chunk in ids.chunks(READ_CONCURRENCY) {
+            let page: Vec<Option<Arc<Record>>> =
+                futures_util::stream::iter(chunk.iter().copied().map(|id| self.get(id)))
+                    .buffered(READ_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+            for record in page.into_iter().flatten() {
+                if page_full(out.len(), bytes, max_bytes) {
+                    return Ok(out);
+                }
+                bytes += record.size();
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn since(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        let last = self.last_id().await?;
+        if after >= last {
+            return Ok(Vec::new());
+        }
+        self.range(after + 1, last, limit, max_bytes).await
+    }
+
+    async fn versions(
+        &self,
+        channel: &str,
+        event: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        let subject = self.subject(channel, event);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut next = after + 1;
+        while out.len() < limit && !page_full(out.len(), bytes, max_bytes) {
+            let found = self
+                .stream
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            let message = match found {
+                Ok(message) => message,
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(backend(e)),
+            };
+            let record = decode(message.sequence, &message.payload)?;
+            next = record.id + 1;
+            bytes += record.size();
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    async fn create_user(&self, user: User) -> Result<(), StoreError> {
+        let key = subject::encode(&user.username);
+        let value = serde_json::to_vec(&user).map_err(backend)?;
+        match self.users.create(&key, Bytes::from(value)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(StoreError::Conflict(
+                format!("user {} already exists", user.username),
+            )),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn put_user(&self, user: User) -> Result<(), StoreError> {
+        let key = subject::encode(&user.username);
+        let value = serde_json::to_vec(&user).map_err(backend)?;
+        self.users
+            .put(&key, Bytes::from(value))
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let bucket = format!("{}_users", self.prefix);
+        let value = read_key(&self.users_stream, &bucket, &subject::encode(username)).await?;
+        value
+            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    fn healthy(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(task) = self.feed.get() {
+            task.abort();
+        }
+        let _ = self.client.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A single nats-server with JetStream in a temporary directory, killed on drop.
+    struct NatsServer {
+        child: Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl NatsServer {
+        /// Starts target/nats-venv/bin/nats-server (scripts/install-nats.sh) and waits until it
+        /// accepts connections with JetStream ready.
+        async fn start() -> Self {
+            let binary = std::env::var_os("BROKER_NATS_SERVER").map_or_else(
+                || {
+                    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("target/nats-venv/bin/nats-server")
+                },
+                std::path::PathBuf::from,
+            );
+            assert!(
+                binary.is_file(),
+                "nats-server is not installed at {}: run scripts/install-nats.sh",
+                binary.display()
+            );
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let child = Command::new(binary)
+                .args([
+                    "--addr",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--jetstream",
+                ])
+                .arg("--store_dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server");
+            let server = Self {
+                child,
+                url: format!("nats://127.0.0.1:{port}"),
+                _dir: dir,
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(client) = async_nats::connect(&server.url).await
+                    && jetstream::new(client).query_account().await.is_ok()
+                {
+                    return server;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server not ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        fn options(&self, prefix: String) -> NatsOptions {
+            NatsOptions {
+                urls: vec![self.url.clone()],
+                user_password: None,
+                token: None,
+                creds: None,
+                replicas: 1,
+                prefix,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_store_passes_the_conformance_suite() {
+        let server = NatsServer::start().await;
+        let next = AtomicUsize::new(0);
+        conformance::run_all(|listener| {
+            // A fresh, empty store per check: its own prefix on the shared server.
+            let prefix = format!("t{}", next.fetch_add(1, Ordering::Relaxed));
+            let options = server.options(prefix);
+            let store = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let store = JetStreamStore::open(&options).await.expect("open");
+                    store.feed(listener).await.expect("feed");
+                    store
+                })
+            });
+            (Box::new(store) as Box<dyn Store>, ())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_stores_share_one_secret_and_interleave_writes() {
+        let server = NatsServer::start().await;
+        let a = JetStreamStore::open(&server.options("shared".into()))
+            .await
+            .expect("open a");
+        let b = JetStreamStore::open(&server.options("shared".into()))
+            .await
+            .expect("open b");
+        let (sa, sb) = tokio::join!(a.jwt_secret(), b.jwt_secret());
+        assert_eq!(sa.expect("secret a"), sb.expect("secret b"));
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let r = store
+                .append(vec![conformance::new_record("c", "e", &i.to_string())])
+                .await
+                .expect("append");
+            ids.push((r[0].id, r[0].timestamp));
+        }
+        assert!(
+            ids.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+            "ids and timestamps increase across both writers: {ids:?}"
+        );
+        let versions = b
+            .versions("c", "e", 0, 100, usize::MAX)
+            .await
+            .expect("versions");
+        assert_eq!(versions.len(), 10);
+    }
+}

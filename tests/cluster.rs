@@ -1,0 +1,417 @@
+//! Cluster mode: Broker nodes on a 3-node NATS JetStream cluster (tests/common/nats.rs).
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use common::Server;
+use common::nats::NatsCluster;
+use common::sse::SseEvent;
+use serde_json::json;
+
+#[test]
+fn harness_cluster_survives_a_killed_node_and_restarts_it() {
+    let mut cluster = NatsCluster::start();
+    assert_eq!(cluster.len(), 3);
+    assert_eq!(cluster.urls().split(',').count(), 3);
+    cluster.kill(1);
+    assert!(!cluster.is_running(1));
+    cluster.wait_healthy(0);
+    cluster.restart(1);
+    assert!(cluster.is_running(1));
+}
+
+/// Runs `broker` with `args` (clean environment, a fresh database directory) until it exits,
+/// and returns whether it succeeded and its standard error.
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+    for (key, _) in std::env::vars() {
+        if key == "PORT" || key.starts_with("BROKER_") {
+            cmd.env_remove(key);
+        }
+    }
+    let output = cmd
+        .args(["--host", "127.0.0.1", "--port", "0", "--db"])
+        .arg(dir.path().join("db"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run broker");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("{stderr}");
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn too_old_nats_is_refused_naming_both_versions() {
+    // The machine's own NATS (Debian's 2.9) on the default port, if there is one.
+    if TcpStream::connect(("127.0.0.1", 4222)).is_err() {
+        println!("skipped: nothing listens on 127.0.0.1:4222 (the system's nats-server 2.9)");
+        return;
+    }
+    let (ok, stderr) = run_to_exit(&["--nats", "nats://127.0.0.1:4222"]);
+    assert!(!ok, "a too-old NATS must stop the start");
+    assert!(
+        stderr.contains("is too old") && stderr.contains("2.12 or newer"),
+        "the error names the version needed: {stderr}"
+    );
+    assert!(
+        stderr.contains("version 2."),
+        "the error names the version found: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn nats_2_15_passes_the_version_check_and_serves() {
+    let cluster = NatsCluster::start_n(1);
+    let broker = node(&cluster, &[]);
+    let (status, body) = broker.api().get("/ready", None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+}
+
+#[test]
+fn unreachable_nats_is_named() {
+    let port = common::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (ok, stderr) = run_to_exit(&["--nats", &url]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot connect to NATS") && stderr.contains(&url),
+        "{stderr}"
+    );
+}
+
+/// A Broker node in cluster mode on `cluster`, with extra `args`.
+fn node(cluster: &NatsCluster, args: &[&str]) -> Server {
+    let urls = cluster.urls();
+    let replicas = cluster.len().to_string();
+    let mut all = vec!["--nats", &urls, "--nats-replicas", &replicas];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+/// Events of a stream up to and including the one with id `last`.
+async fn events_until(stream: &mut common::sse::SseStream, last: u64) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    loop {
+        let event = stream.next_event().await;
+        let id = event.id.as_deref().and_then(|id| id.parse::<u64>().ok());
+        events.push(event);
+        if id.is_some_and(|id| id >= last) {
+            return events;
+        }
+    }
+}
+
+fn ids(events: &[SseEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| e.id.as_deref()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_on_one_node_reaches_the_others_with_the_same_id() {
+    let cluster = NatsCluster::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&cluster, &[])).collect();
+    // Signed up on A; the JWT secret is shared through JetStream, so B and C accept it.
+    let token = nodes[0].api().user("ada").await;
+    let mut b = nodes[1].api().stream("/events", Some(&token), None).await;
+    let mut c = nodes[2].api().stream("/events", Some(&token), None).await;
+    b.until_synced().await;
+    c.until_synced().await;
+    let answer = nodes[0]
+        .api()
+        .insert(&token, "greeting", json!({"hello": "world"}), Some("room"))
+        .await;
+    let id = answer["id"].as_str().expect("id").to_owned();
+    for stream in [&mut b, &mut c] {
+        let event = stream.next_event().await;
+        assert_eq!(event.id.as_deref(), Some(id.as_str()));
+        assert_eq!(event.event, "greeting");
+        assert_eq!(event.json()["hello"], "world");
+    }
+    // And a batch from B arrives whole, in order, with consecutive ids, on A.
+    let mut a = nodes[0].api().stream("/events", Some(&token), None).await;
+    a.until_synced().await;
+    let (status, body) = nodes[1]
+        .api()
+        .post(
+            "/publish",
+            Some(&token),
+            &json!({"events": [
+                {"channelName": "room", "type": "one", "payload": "1"},
+                {"channelName": "room", "type": "two", "payload": "2"},
+                {"channelName": "hall", "type": "three", "payload": "3"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let got: Vec<SseEvent> = vec![
+        a.next_event().await,
+        a.next_event().await,
+        a.next_event().await,
+    ];
+    let got_ids = ids(&got);
+    assert_eq!(got_ids.len(), 3);
+    assert!(
+        got_ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "a batch takes consecutive ids: {got_ids:?}"
+    );
+    let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["one", "two", "three"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumes_on_another_node_after_its_node_is_killed() {
+    let cluster = NatsCluster::start();
+    let mut a = node(&cluster, &[]);
+    let b = node(&cluster, &[]);
+    let token = b.api().user("ada").await;
+    let mut stream = a.api().stream("/events", Some(&token), None).await;
+    stream.until_synced().await;
+    let mut inserted = Vec::new();
+    for i in 0..5 {
+        let answer = b
+            .api()
+            .insert(&token, &format!("e{i}"), json!(i), None)
+            .await;
+        inserted.push(
+            answer["id"]
+                .as_str()
+                .expect("id")
+                .parse::<u64>()
+                .expect("u64"),
+        );
+    }
+    let seen = ids(&events_until(&mut stream, inserted[2]).await);
+    assert_eq!(seen, inserted[..3]);
+    a.kill();
+    for i in 5..10 {
+        let answer = b
+            .api()
+            .insert(&token, &format!("e{i}"), json!(i), None)
+            .await;
+        inserted.push(
+            answer["id"]
+                .as_str()
+                .expect("id")
+                .parse::<u64>()
+                .expect("u64"),
+        );
+    }
+    let last_seen = seen.last().expect("seen").to_string();
+    let mut resumed = b
+        .api()
+        .stream("/events", Some(&token), Some(&last_seen))
+        .await;
+    let rest = ids(&events_until(&mut resumed, inserted[9]).await);
+    assert_eq!(rest, inserted[3..], "no gap and no duplicate across nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_node_ends_the_users_streams_on_another() {
+    let cluster = NatsCluster::start();
+    let a = node(&cluster, &["--admin", "root:rootpassword"]);
+    let b = node(&cluster, &[]);
+    let root = a.api().login_as("root", "rootpassword").await;
+    let ada = a.api().user("ada").await;
+    let mut stream = b.api().stream("/events", Some(&ada), None).await;
+    stream.until_synced().await;
+    let resp = common::client()
+        .delete(a.url("/users/ada"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let events = stream.until_end().await;
+    assert!(
+        events.iter().any(|e| e.data.contains("revoked")),
+        "the stream on the other node ends saying why: {events:?}"
+    );
+    let (status, _) = b.api().get("/events", Some(&ada)).await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_insert_survives_a_killed_nats_server() {
+    let mut cluster = NatsCluster::start();
+    let broker = node(&cluster, &[]);
+    let token = broker.api().user("ada").await;
+    let api = broker.api();
+    let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (api, token, mut killed) = (api.clone(), token.clone(), killed_rx.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut after_kill = 0;
+            let mut i = 0;
+            let deadline = std::time::Instant::now() + common::TIMEOUT * 2;
+            // Until the NATS server is dead and 20 more inserts of this writer succeeded.
+            while after_kill < 20 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "inserts did not succeed again after the NATS server was killed"
+                );
+                i += 1;
+                let (status, body) = api
+                    .post(
+                        "/insert",
+                        Some(&token),
+                        &json!({"event": format!("w{w}"), "data": i}),
+                    )
+                    .await;
+                if status == reqwest::StatusCode::OK {
+                    acked.push(
+                        body["id"]
+                            .as_str()
+                            .expect("id")
+                            .parse::<u64>()
+                            .expect("u64"),
+                    );
+                    if *killed.borrow_and_update() {
+                        after_kill += 1;
+                    }
+                } else {
+                    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                    assert_eq!(body["error"], "store unavailable");
+                }
+            }
+            acked
+        }));
+    }
+    // Let every writer get some inserts in, then kill a NATS server under them.
+    let probe = api.insert(&token, "probe", json!(0), None).await;
+    assert!(probe["id"].is_string());
+    // The records stream's leader: the server whose loss forces an election.
+    let leader = cluster
+        .stream_leader(0, "broker_records")
+        .expect("the records stream has a leader");
+    cluster.kill(leader);
+    killed_tx.send(true).expect("writers listening");
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.expect("writer"));
+    }
+    acked.sort_unstable();
+    let last = *acked.last().expect("some inserts");
+    let mut replay = api.stream("/events", Some(&token), Some("0")).await;
+    let stored: std::collections::HashSet<u64> = ids(&events_until(&mut replay, last).await)
+        .into_iter()
+        .collect();
+    let lost: Vec<u64> = acked
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .copied()
+        .collect();
+    assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_node_keeps_users_secret_and_records() {
+    let mut cluster = NatsCluster::start();
+    let mut a = node(&cluster, &[]);
+    let token = a.api().user("ada").await;
+    let answer = a.api().insert(&token, "kept", json!("yes"), None).await;
+    let id = answer["id"].as_str().expect("id").to_owned();
+    a.kill();
+    cluster.restart_all();
+    let b = node(&cluster, &[]);
+    // The old token still verifies (same secret) and the user can log in again.
+    let mut stream = b.api().stream("/events", Some(&token), None).await;
+    let (snapshot, synced) = stream.until_synced().await;
+    assert_eq!(synced, id);
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0].event, "kept");
+    b.api().login("ada").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_nats_gives_503_and_streams_catch_up_when_it_returns() {
+    let mut cluster = NatsCluster::start_n(1);
+    let broker = node(&cluster, &[]);
+    let api = broker.api();
+    let token = api.user("ada").await;
+    let first = api.insert(&token, "before", json!(1), None).await;
+    let mut stream = api.stream("/events", Some(&token), None).await;
+    let (_, synced) = stream.until_synced().await;
+    assert_eq!(Some(synced.as_str()), first["id"].as_str());
+
+    cluster.kill(0);
+    let (status, body) = api
+        .post(
+            "/insert",
+            Some(&token),
+            &json!({"event": "during", "data": 2}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "store unavailable");
+    // /ready follows the connection to NATS (the client notices the loss within moments).
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while api.get("/ready", None).await.0 != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        assert!(std::time::Instant::now() < deadline, "/ready stayed 200");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    cluster.restart(0);
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    let after = loop {
+        let (status, body) = api
+            .post(
+                "/insert",
+                Some(&token),
+                &json!({"event": "after", "data": 3}),
+            )
+            .await;
+        if status == reqwest::StatusCode::OK {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "inserts did not resume: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(api.get("/ready", None).await.0, reqwest::StatusCode::OK);
+    // The stream opened before the outage stayed open and receives what came after it.
+    let event = stream.next_event().await;
+    assert_eq!(event.event, "after");
+    assert_eq!(event.id.as_deref(), after["id"].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_port_with_reuse_port() {
+    let cluster = NatsCluster::start_n(1);
+    let port = common::free_port().to_string();
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes: Vec<Server> = (0..2)
+        .map(|i| {
+            let db = dir.path().join(format!("db{i}"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+            cmd.args(["--host", "127.0.0.1", "--port", &port, "--reuse-port"])
+                .args(["--nats", &urls, "--nats-replicas", "1", "--db"])
+                .arg(&db);
+            Server::spawn(cmd, db, "http")
+        })
+        .collect();
+    assert_eq!(nodes[0].addr, nodes[1].addr, "both listen on one port");
+    let api = nodes[0].api();
+    let token = api.user("ada").await;
+    // Whichever process the kernel hands each connection to, the data is the same.
+    for i in 0..6 {
+        let answer = common::Api {
+            http: common::client(),
+            base: nodes[1].base.clone(),
+        }
+        .insert(&token, "tick", json!(i), None)
+        .await;
+        assert!(answer["id"].is_string());
+    }
+}
