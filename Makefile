@@ -52,6 +52,7 @@ bench-full:
 
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint
+	$(CARGO) build --examples
 	$(CARGO) test --workspace --all-targets
 	$(MAKE) api-test js-test browser-test
 
