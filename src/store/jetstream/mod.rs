@@ -6,6 +6,7 @@
 //! one atomic batch with consecutive ids). An older server is refused at start with a message
 //! naming the version found and the one needed.
 
+pub mod patience;
 pub mod store;
 pub mod subject;
 pub mod version;

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use super::patience::{no_responders, patiently};
 use super::subject;
 use super::{NatsOptions, connect};
 use crate::store::{
@@ -183,6 +184,13 @@ impl JetStreamStore {
             .map_err(|e| backend(format!("cannot create stream {prefix}_records: {e}")))?;
         let users = key_value(js, format!("{prefix}_users"), options.replicas).await?;
         let meta = key_value(js, format!("{prefix}_meta"), options.replicas).await?;
+        for name in [
+            format!("{prefix}_records"),
+            format!("KV_{prefix}_users"),
+            format!("KV_{prefix}_meta"),
+        ] {
+            led(js, &name).await?;
+        }
         Ok((stream, users, meta))
     }
 
@@ -196,7 +204,7 @@ impl JetStreamStore {
         let mut fresh = [0u8; 32];
         rand::fill(&mut fresh);
         let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
-        match self.meta.create(KEY, Bytes::from(hex.clone())).await {
+        match patiently(|| self.meta.create(KEY, Bytes::from(hex.clone()))).await {
             Ok(_) => return Ok(hex.into_bytes()),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(backend(format!("cannot create the JWT secret: {e}"))),
@@ -270,7 +278,7 @@ impl JetStreamStore {
 
     /// The record with sequence `id`, `None` when there is none.
     async fn get(&self, id: u64) -> Result<Option<Arc<Record>>, StoreError> {
-        match self.stream.get_raw_message(id).await {
+        match patiently(|| self.stream.get_raw_message(id)).await {
             Ok(message) => decode(message.sequence, &message.payload).map(Some),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(backend(e)),
@@ -279,7 +287,7 @@ impl JetStreamStore {
 
     /// The last record of a subject, `None` when it has none.
     async fn last_of_subject(&self, subject: &str) -> Result<Option<Arc<Record>>, StoreError> {
-        match self.stream.get_last_raw_message_by_subject(subject).await {
+        match patiently(|| self.stream.get_last_raw_message_by_subject(subject)).await {
             Ok(message) => decode(message.sequence, &message.payload).map(Some),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(backend(e)),
@@ -378,6 +386,19 @@ impl JetStreamStore {
     }
 }
 
+/// Succeeds once stream `name`'s replica group has a leader (a stream on a single, unclustered
+/// server has no group and is always ready).
+async fn led(js: &jetstream::Context, name: &str) -> Result<(), StoreError> {
+    let stream = js.get_stream(name).await.map_err(unavailable)?;
+    let info = stream.get_info().await.map_err(unavailable)?;
+    match info.cluster {
+        Some(cluster) if cluster.leader.is_none() => {
+            Err(unavailable(format!("stream {name} has no leader yet")))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn key_value(
     js: &jetstream::Context,
     bucket: String,
@@ -405,10 +426,8 @@ async fn read_key(
     bucket: &str,
     key: &str,
 ) -> Result<Option<Bytes>, StoreError> {
-    match stream
-        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
-        .await
-    {
+    let subject = format!("$KV.{bucket}.{key}");
+    match patiently(|| stream.get_last_raw_message_by_subject(&subject)).await {
         Ok(message) => {
             let deleted = message.headers.get("KV-Operation").is_some();
             Ok((!deleted).then_some(message.payload))
@@ -476,7 +495,12 @@ const WRONG_LAST_SEQUENCE: u64 = 10071;
 enum Outcome {
     Stored(u64),
     Conflict,
+    /// Nothing listened on the subject (the stream's leader is moving): nothing was stored.
+    NotHeard,
 }
+
+/// Pause before a batch that was not heard is sent again.
+const NOT_HEARD_PAUSE: Duration = Duration::from_millis(50);
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
@@ -498,12 +522,16 @@ impl Writer {
 
     /// Re-reads the stream's last sequence and the last record's timestamp.
     async fn refresh(&mut self) -> Result<(u64, u64), StoreError> {
-        let info = self.stream.get_info().await.map_err(unavailable)?;
+        let info = patiently(|| self.stream.get_info())
+            .await
+            .map_err(unavailable)?;
         let seq = info.state.last_sequence;
         let ts = if seq == 0 {
             0
         } else {
-            let message = self.stream.get_raw_message(seq).await.map_err(backend)?;
+            let message = patiently(|| self.stream.get_raw_message(seq))
+                .await
+                .map_err(backend)?;
             decode(seq, &message.payload)?.timestamp
         };
         self.last = Some((seq, ts));
@@ -576,6 +604,7 @@ impl Writer {
                 Outcome::Conflict => {
                     self.refresh().await?;
                 }
+                Outcome::NotHeard => tokio::time::sleep(NOT_HEARD_PAUSE).await,
                 Outcome::Stored(last) => {
                     let first = last + 1 - count as u64;
                     if first != seq + 1 {
@@ -644,11 +673,11 @@ impl Writer {
                 .headers(headers)
                 .payload(payload)
                 .timeout(Some(REQUEST_TIMEOUT));
-            let answer = self
-                .client
-                .send_request(subject, request)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let answer = match self.client.send_request(subject, request).await {
+                Ok(answer) => answer,
+                Err(e) if no_responders(&e) => return Ok(Outcome::NotHeard),
+                Err(e) => return Err(unavailable(e)),
+            };
             let ack: BatchAck = serde_json::from_slice(&answer.payload)
                 .map_err(|e| backend(format!("unreadable batch ack: {e}")))?;
             if let Some(error) = ack.error {
@@ -735,7 +764,9 @@ impl Store for JetStreamStore {
     }
 
     async fn last_id(&self) -> Result<u64, StoreError> {
-        let info = self.stream.get_info().await.map_err(unavailable)?;
+        let info = patiently(|| self.stream.get_info())
+            .await
+            .map_err(unavailable)?;
         Ok(info.state.last_sequence)
     }
 
@@ -815,13 +846,14 @@ impl Store for JetStreamStore {
         let mut bytes = 0;
         let mut next = after + 1;
         while out.len() < limit && !page_full(out.len(), bytes, max_bytes) {
-            let found = self
-                .stream
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.clone())
-                .send()
-                .await;
+            let found = patiently(|| {
+                self.stream
+                    .raw_message_builder()
+                    .sequence(next)
+                    .next_by_subject(subject.clone())
+                    .send()
+            })
+            .await;
             let message = match found {
                 Ok(message) => message,
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => break,
@@ -838,7 +870,8 @@ impl Store for JetStreamStore {
     async fn create_user(&self, user: User) -> Result<(), StoreError> {
         let key = subject::encode(&user.username);
         let value = serde_json::to_vec(&user).map_err(backend)?;
-        match self.users.create(&key, Bytes::from(value)).await {
+        let value = Bytes::from(value);
+        match patiently(|| self.users.create(&key, value.clone())).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(StoreError::Conflict(
                 format!("user {} already exists", user.username),
@@ -850,8 +883,8 @@ impl Store for JetStreamStore {
     async fn put_user(&self, user: User) -> Result<(), StoreError> {
         let key = subject::encode(&user.username);
         let value = serde_json::to_vec(&user).map_err(backend)?;
-        self.users
-            .put(&key, Bytes::from(value))
+        let value = Bytes::from(value);
+        patiently(|| self.users.put(&key, value.clone()))
             .await
             .map(|_| ())
             .map_err(backend)
