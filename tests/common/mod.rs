@@ -306,7 +306,26 @@ pub fn install_crypto_provider() {
 }
 
 /// A port that was free a moment ago (for tests that must name the port on the command line).
+///
+/// It is picked below the kernel's ephemeral range (`ip_local_port_range`), so that no outgoing
+/// connection of the many tests running at once can take it between this check and the
+/// server's bind, as could happen with a port the kernel handed out from that range.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FIRST: u16 = 10_000;
+    if low > FIRST + 1000 {
+        let random = RandomState::new();
+        for attempt in 0u32..200 {
+            let port = FIRST + (random.hash_one(attempt) % u64::from(low - FIRST)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

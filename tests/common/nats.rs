@@ -125,12 +125,18 @@ impl NatsCluster {
     }
 
     /// Waits until node `i` answers its health check (JetStream and its meta leader included).
-    pub fn wait_healthy(&self, i: usize) {
-        let node = &self.nodes[i];
+    pub fn wait_healthy(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
         let deadline = Instant::now() + TIMEOUT * 3;
         loop {
             if http_status(node.monitor_port, "/healthz") == Some(200) {
                 return;
+            }
+            if let Some(Ok(Some(status))) = node.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "nats-server {} exited ({status}) before it was healthy (NATS_LOG=1 shows its log)",
+                    node.name
+                );
             }
             assert!(
                 Instant::now() < deadline,
