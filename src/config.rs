@@ -44,8 +44,9 @@ pub struct Config {
     pub db: PathBuf,
 
     /// Bytes of database pages kept in memory (redb's page cache). Reads of recent records
-    /// (snapshots, replays) come from it; the rest of the file is read from disk.
-    #[arg(long, env = "BROKER_DB_CACHE", default_value_t = 64 * 1024 * 1024,
+    /// (snapshots, replays) come from it; the rest of the file is read through the operating
+    /// system's file cache.
+    #[arg(long, env = "BROKER_DB_CACHE", default_value_t = 16 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub db_cache: u64,
 

@@ -180,6 +180,7 @@ fn connections(app: &App) -> Arc<Connections> {
         header_timeout: config.header_timeout(),
         body_timeout: config.body_timeout(),
         idle_timeout: config.idle_timeout(),
+        write_timeout: Duration::from_secs(config.write_timeout),
     };
     Connections::new(
         limits,

@@ -406,8 +406,9 @@ async fn streams_over_the_per_address_cap_get_429() {
     }
 }
 
-#[tokio::test]
-async fn a_tls_handshake_never_finished_is_closed() {
+/// A server with `args` serving TLS on a fresh self-signed certificate for `localhost`, and an
+/// HTTPS client that trusts it. The directory holds the certificate and the database.
+fn tls_server(args: &[&str]) -> (Server, reqwest::Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let made = std::process::Command::new("openssl")
         .current_dir(dir.path())
@@ -422,7 +423,7 @@ async fn a_tls_handshake_never_finished_is_closed() {
     let db = dir.path().join("db");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
     cmd.args(["--host", "127.0.0.1", "--port", "0", "--no-auth"])
-        .args(["--header-timeout", "1"])
+        .args(args)
         .arg("--db")
         .arg(&db)
         .arg("--tls-cert")
@@ -430,6 +431,19 @@ async fn a_tls_handshake_never_finished_is_closed() {
         .arg("--tls-key")
         .arg(dir.path().join("key.pem"));
     let server = Server::spawn(cmd, db, "https");
+    common::install_crypto_provider();
+    let cert = std::fs::read(dir.path().join("cert.pem")).expect("cert");
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("cert"))
+        .build()
+        .expect("client");
+    (server, https, dir)
+}
+
+#[tokio::test]
+async fn a_tls_handshake_never_finished_is_closed() {
+    let (server, https, _dir) = tls_server(&["--header-timeout", "1"]);
 
     let opened = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.expect("connect");
@@ -444,17 +458,62 @@ async fn a_tls_handshake_never_finished_is_closed() {
     closed_by(&mut partial, deadline, "unfinished TLS handshake").await;
 
     // A client that completes its handshake is served.
-    common::install_crypto_provider();
-    let cert = std::fs::read(dir.path().join("cert.pem")).expect("cert");
-    let https = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("cert"))
-        .build()
-        .expect("client");
     let resp = https
         .get(format!("https://localhost:{}/health", server.addr.port()))
         .send()
         .await
         .expect("https");
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_stream_whose_client_stops_reading_is_cut_off_after_the_write_timeout() {
+    let (server, https, dir) = tls_server(&["--write-timeout", "1", "--max-body", "2097152"]);
+    let base = format!("https://localhost:{}", server.addr.port());
+    // The stream's body is never read: once the socket buffers are full, the server's
+    // writes make no progress. (Over HTTP/1.1: on HTTP/2 the stream's flow-control window,
+    // not the socket, holds the server back, and the connection stays usable.)
+    let cert = std::fs::read(dir.path().join("cert.pem")).expect("cert");
+    let http1 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .http1_only()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("cert"))
+        .build()
+        .expect("client");
+    let stalled = http1
+        .get(format!("{base}/events"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let payload = "x".repeat(512 * 1024);
+    let mut inserted = 0u64;
+    for _ in 0..64 {
+        let resp = https
+            .post(format!("{base}/insert"))
+            .json(&json!({"event": "big", "data": payload}))
+            .send()
+            .await
+            .expect("insert");
+        assert_eq!(resp.status(), StatusCode::OK);
+        inserted += 1;
+    }
+    // The server gives up on the stalled stream: its body ends (cut off, short of the 64
+    // events) instead of staying open as a live stream does.
+    let mut body = stalled;
+    let mut received = 0usize;
+    let ended = timeout_at(Instant::now() + TIMEOUT, async {
+        while let Ok(Some(chunk)) = body.chunk().await {
+            received += chunk.len();
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stalled TLS stream was still open after {TIMEOUT:?}"
+    );
+    assert!(
+        (received as u64) < inserted * payload.len() as u64,
+        "the stream delivered everything ({received} bytes) instead of being cut off"
+    );
 }

@@ -59,6 +59,17 @@ pub struct Tracked<IO> {
     io: IO,
     registration: Registration,
     slot: ConnSlot,
+    /// Runs while a write waits for the client to take bytes; `None` whenever writes go
+    /// through, so a connection that is not stalled holds no timer.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error a write gets once the client has taken none of its bytes for the write timeout.
+fn write_stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "connection closed: the client took no bytes within the write timeout",
+    )
 }
 
 /// The error every read and write gets once the connection was told to close.
@@ -76,6 +87,7 @@ impl<IO> Tracked<IO> {
             io,
             registration: Registration { connections, conn },
             slot,
+            stalled: None,
         }
     }
 
@@ -96,6 +108,7 @@ impl<IO> Tracked<IO> {
             io,
             registration,
             slot,
+            stalled: _,
         } = self;
         if registration.conn.is_closed() {
             drop(io);
@@ -119,6 +132,30 @@ impl<IO> Tracked<IO> {
             return Err(closed());
         }
         Ok(())
+    }
+
+    /// Follows a write's outcome: a write that goes through clears the stall timer, one that
+    /// must wait starts it (or polls it) and fails once it has run out.
+    fn track_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.registration.connections.limits().write_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                Poll::Ready(Err(write_stalled()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -172,7 +209,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         if this.registration.conn.is_closed() {
             return Poll::Ready(Err(closed()));
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.track_write(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -184,7 +222,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         if this.registration.conn.is_closed() {
             return Poll::Ready(Err(closed()));
         }
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.track_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -192,7 +231,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.track_write(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

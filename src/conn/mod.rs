@@ -75,6 +75,10 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Time a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// Time a write to the client may make no progress (`--write-timeout`): a client that
+    /// stops reading a response or an event stream served by the general server (TLS, HTTP/2)
+    /// is cut off after it, as the lean stream path does.
+    pub write_timeout: Duration,
 }
 
 /// The phases of a connection; the first three are waiting and have a queue each.

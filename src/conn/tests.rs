@@ -13,6 +13,7 @@ fn limits(max_connections: usize, max_per_ip: u32) -> Limits {
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(30),
     }
 }
 
