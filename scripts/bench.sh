@@ -154,8 +154,8 @@ if [ "$suite" = cluster ]; then
     --json "$out/raw/jetstream-raw.json" | tee "$out/jetstream-raw.md"
   start_cluster
   cluster failover-${CLUSTER_FAILOVER:-30000} --subscribers "${CLUSTER_FAILOVER:-30000}" --connect-timeout 180 \
-    --publishers 3 --rate 10 --duration 20 --source-addrs 32 --reconnect \
-    --kill-pid "${node_pids[0]}" --kill-after 5
+    --publishers 2 --rate 10 --duration 20 --source-addrs 32 --reconnect \
+    --publish-url "http://127.0.0.1:18502,http://127.0.0.1:18503" --kill-pid "${node_pids[0]}" --kill-after 5
   stop_cluster
 elif [ "$suite" = hostile ]; then
   # The calm run of the same hour, then each attack against a fresh server.

@@ -301,7 +301,8 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
             let broker = node(&cluster, &[]);
             let token = broker.api().user("ada").await;
             let api = broker.api();
-            let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
+            // When the NATS server was killed, once it was.
+            let (killed_tx, killed_rx) = tokio::sync::watch::channel(None::<Instant>);
             let mut writers = Vec::new();
             for w in 0..4 {
                 let (api, token, mut killed) = (api.clone(), token.clone(), killed_rx.clone());
@@ -309,11 +310,14 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
                     let mut acked = Vec::new();
                     let mut after_kill = 0;
                     let mut i = 0;
-                    let deadline = std::time::Instant::now() + common::TIMEOUT * 2;
+                    let started = Instant::now();
                     // Until the NATS server is dead and 20 more inserts of this writer succeeded.
+                    // The target is inserts succeeding again within 10 s of the kill; the
+                    // failure deadline is generous (a busy machine), the time is printed.
                     while after_kill < 20 {
+                        let since = killed.borrow().unwrap_or(started);
                         assert!(
-                            std::time::Instant::now() < deadline,
+                            since.elapsed() < common::TIMEOUT * 2,
                             "inserts did not succeed again after the NATS server was killed"
                         );
                         i += 1;
@@ -332,7 +336,13 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
                                     .parse::<u64>()
                                     .expect("u64"),
                             );
-                            if *killed.borrow_and_update() {
+                            if let Some(at) = *killed.borrow_and_update() {
+                                if after_kill == 0 {
+                                    eprintln!(
+                                        "writer {w}: an insert succeeded {:?} after the kill",
+                                        at.elapsed()
+                                    );
+                                }
                                 after_kill += 1;
                             }
                         } else {
@@ -351,7 +361,9 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
                 .stream_leader(0, "broker_records")
                 .expect("the records stream has a leader");
             cluster.kill(leader);
-            killed_tx.send(true).expect("writers listening");
+            killed_tx
+                .send(Some(Instant::now()))
+                .expect("writers listening");
             let mut acked = Vec::new();
             for writer in writers {
                 acked.extend(writer.await.expect("writer"));
