@@ -10,6 +10,7 @@
 # subscribers at 10 events/s, durable inserts by 64 publishers beside raw JetStream publishes
 # (broker-bench-jetstream, same replicas), and failover: one node holding a third of
 # CLUSTER_FAILOVER (default 30000) subscribers killed with SIGKILL while events flow.
+# Subscribers connect CLUSTER_STEP (default 1000) at a time.
 #
 # hostile: a calm light-load run, then half-open connections, stalled subscribers (1 MiB
 # events, then 16 KiB ones) and a login flood, each against a fresh server (about 10 minutes;
@@ -140,22 +141,40 @@ cluster() { # label, then broker-bench arguments: subscribers and publishers spr
 }
 
 if [ "$suite" = cluster ]; then
-  start_cluster
-  cluster idle-${CLUSTER_IDLE:-55000} --subscribers "${CLUSTER_IDLE:-55000}" --connect-timeout 180 \
-    --publishers 1 --rate 1 --duration 2 --source-addrs 32
-  start_cluster
-  cluster fan-out-${CLUSTER_FANOUT:-30000} --subscribers "${CLUSTER_FANOUT:-30000}" --connect-timeout 180 \
-    --publishers 3 --rate 10 --duration 20 --source-addrs 32
-  start_cluster
-  cluster durable-inserts --subscribers 3 --publishers 64 --duration 10
-  mkdir -p "$out/raw"
-  echo "== jetstream-raw"
-  target/release/broker-bench-jetstream --nats "$nats_urls" --replicas 3 --publishers 64 --duration 10 \
-    --json "$out/raw/jetstream-raw.json" | tee "$out/jetstream-raw.md"
-  start_cluster
-  cluster failover-${CLUSTER_FAILOVER:-30000} --subscribers "${CLUSTER_FAILOVER:-30000}" --connect-timeout 180 \
-    --publishers 2 --rate 10 --duration 20 --source-addrs 32 --reconnect \
-    --publish-url "http://127.0.0.1:18502,http://127.0.0.1:18503" --kill-pid "${node_pids[0]}" --kill-after 5
+  # Subscribers connect CLUSTER_STEP at a time (default 1000): each new one's snapshot costs
+  # JetStream requests, and tens of thousands at once make them time out. CLUSTER_RUNS picks
+  # the runs (default: idle fanout inserts failover).
+  step=${CLUSTER_STEP:-1000}
+  runs=" ${CLUSTER_RUNS:-idle fanout inserts failover} "
+  if [[ $runs == *" idle "* ]]; then
+    start_cluster
+    cluster idle-${CLUSTER_IDLE:-55000} --subscribers "${CLUSTER_IDLE:-55000}" --connect-timeout 180 \
+      --memory-step "$step" --publishers 1 --rate 1 --duration 2 --source-addrs 32
+  fi
+  if [[ $runs == *" fanout "* ]]; then
+    start_cluster
+    cluster fan-out-${CLUSTER_FANOUT:-30000} --subscribers "${CLUSTER_FANOUT:-30000}" --connect-timeout 180 \
+      --memory-step "$step" --publishers 3 --rate 10 --duration 20 --source-addrs 32
+  fi
+  if [[ $runs == *" inserts "* ]]; then
+    start_cluster
+    cluster durable-inserts --subscribers 3 --publishers 64 --duration 10
+    # The same 64 publishers all on one node: no other node's writes to take turns with.
+    run durable-inserts-one-node "http://127.0.0.1:18501" "${node_pids[0]}" broker \
+      --subscribers 1 --publishers 64 --duration 10
+    mkdir -p "$out/raw"
+    echo "== jetstream-raw"
+    target/release/broker-bench-jetstream --nats "$nats_urls" --replicas 3 --publishers 64 --duration 10 \
+      --json "$out/raw/jetstream-raw.json" | tee "$out/jetstream-raw.md"
+  fi
+  if [[ $runs == *" failover "* ]]; then
+    # Node 1 is killed 5 s into publishing; its subscribers resume on the others. The drain is
+    # long: the time until they have caught up is part of what is measured.
+    start_cluster
+    cluster failover-${CLUSTER_FAILOVER:-30000} --subscribers "${CLUSTER_FAILOVER:-30000}" --connect-timeout 180 \
+      --memory-step "$step" --publishers 2 --rate 10 --duration 20 --drain 90 --source-addrs 32 --reconnect \
+      --publish-url "http://127.0.0.1:18502,http://127.0.0.1:18503" --kill-pid "${node_pids[0]}" --kill-after 5
+  fi
   stop_cluster
 elif [ "$suite" = hostile ]; then
   # The calm run of the same hour, then each attack against a fresh server.
