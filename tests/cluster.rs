@@ -607,6 +607,14 @@ async fn presence_crosses_nodes_and_a_killed_nodes_clients_leave() {
             drop(bob);
             until_presence(&mut watcher, &["ada", "watcher"], &[]).await;
 
+            // A node started later learns the others' clients at once (it asks for them).
+            let c = node(&cluster, &["--no-auth"]);
+            presence_until(&c, |clients| {
+                clients.iter().map(|c| c.0.as_str()).collect::<Vec<_>>() == ["ada", "watcher"]
+            })
+            .await;
+            drop(c);
+
             // A dies without a word: its clients leave B's presence within 15 s.
             a.kill();
             tokio::time::timeout(
