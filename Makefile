@@ -9,7 +9,7 @@ CLIENT_PORT ?= 3000
 ## Cargo profile flag of `make` (empty for a debug build).
 EXAMPLE_PROFILE ?= --release
 
-.PHONY: all seed client build release run demo screenshot bench bench-full test deps fmt fmt-check lint api-test js-test browser-test fuzz clean
+.PHONY: all seed client build release run demo screenshot bench bench-full bench-cluster test deps fmt fmt-check lint api-test js-test browser-test fuzz clean
 
 all: seed
 
@@ -49,6 +49,9 @@ bench:
 
 bench-full:
 	scripts/bench.sh full
+
+bench-cluster:
+	scripts/bench.sh cluster
 
 ## Install what the tests need, check formatting and lints, run every test.
 test: deps fmt-check lint

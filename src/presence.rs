@@ -9,18 +9,23 @@
 //! first change and then publishes one [`Snapshot`] through the hub, so a hundred connections
 //! arriving at once make one event, not a hundred. Each stream writes from it an
 //! `online-presence` frame listing only the clients on a channel its caller may read.
+//!
+//! In cluster mode ([`cluster`]) every node also shares its clients over NATS and lists the
+//! other nodes' clients beside its own: a client connected to two nodes counts once, with the
+//! channels of both.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 
+pub mod cluster;
 mod snapshot;
 pub use snapshot::Snapshot;
 
@@ -55,12 +60,32 @@ struct Client {
     connected_at: u64,
 }
 
+/// A client of another node, as that node shares it ([`cluster`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shared {
+    /// The user it authenticated as (`None` in open mode).
+    pub user: Option<String>,
+    /// Its channels on that node.
+    pub channels: Vec<String>,
+    /// When its first connection to that node was made, microseconds since the Unix epoch.
+    pub connected_at: u64,
+}
+
+/// Each other node's clients, by node id.
+type Remote = BTreeMap<u64, BTreeMap<String, Shared>>;
+
 /// The registry of connected clients.
 #[derive(Default)]
 pub struct Presence {
     clients: Mutex<BTreeMap<String, Client>>,
     dirty: AtomicBool,
     changed: Notify,
+    /// Cluster mode: local clients changed since they were last shared (`None` otherwise).
+    unshared: Mutex<Option<BTreeSet<String>>>,
+    /// Wakes the task that shares local changes.
+    unshared_changed: Notify,
+    /// Cluster mode: the other nodes' clients.
+    remote: Mutex<Remote>,
 }
 
 impl Presence {
@@ -80,6 +105,9 @@ impl Presence {
         channels: &[String],
     ) -> Result<PresenceGuard, ClientIdTaken> {
         if let Ok(mut clients) = self.clients.lock() {
+            if !clients.contains_key(client_id) && self.taken_elsewhere(client_id, user) {
+                return Err(ClientIdTaken(client_id.to_owned()));
+            }
             let client = clients
                 .entry(client_id.to_owned())
                 .or_insert_with(|| Client {
@@ -95,6 +123,7 @@ impl Presence {
             for channel in channels {
                 *client.channels.entry(channel.clone()).or_default() += 1;
             }
+            self.mark_unshared(client_id);
         }
         self.mark_changed();
         Ok(PresenceGuard {
@@ -120,8 +149,30 @@ impl Presence {
             if client.connections == 0 {
                 clients.remove(client_id);
             }
+            self.mark_unshared(client_id);
         }
         self.mark_changed();
+    }
+
+    /// Whether another node lists `client_id` for another user. (Two nodes admitting the same
+    /// id for two users at the same moment both succeed; the id then lists the first user.)
+    fn taken_elsewhere(&self, client_id: &str, user: Option<&str>) -> bool {
+        self.remote.lock().is_ok_and(|remote| {
+            remote
+                .values()
+                .filter_map(|node| node.get(client_id))
+                .any(|shared| shared.user.as_deref() != user)
+        })
+    }
+
+    /// Notes a local change for the other nodes (cluster mode); called under the clients lock.
+    fn mark_unshared(&self, client_id: &str) {
+        if let Ok(mut unshared) = self.unshared.lock()
+            && let Some(ids) = unshared.as_mut()
+        {
+            ids.insert(client_id.to_owned());
+            self.unshared_changed.notify_one();
+        }
     }
 
     fn mark_changed(&self) {
@@ -137,8 +188,15 @@ impl Presence {
             .unwrap_or_default()
     }
 
-    /// Connected clients, restricted to those subscribed to `channel` when given.
+    /// Connected clients (of every node in cluster mode), restricted to those subscribed to
+    /// `channel` when given.
     pub fn clients(&self, channel: Option<&str>) -> Vec<ClientInfo> {
+        if let Some(merged) = self.merged() {
+            return merged
+                .into_iter()
+                .filter(|c| channel.is_none_or(|ch| c.channels.iter().any(|c| c == ch)))
+                .collect();
+        }
         let Ok(clients) = self.clients.lock() else {
             return Vec::new();
         };
@@ -154,8 +212,73 @@ impl Presence {
             .collect()
     }
 
-    /// Who is connected now, on which channels.
+    /// Local and other nodes' clients in one list sorted by id, `None` when no other node
+    /// has any. A client on several nodes is listed once: the user and connection time of its
+    /// earliest connection, the channels of all.
+    fn merged(&self) -> Option<Vec<ClientInfo>> {
+        let clients = self.clients.lock().ok()?;
+        let remote = self.remote.lock().ok()?;
+        if remote.values().all(BTreeMap::is_empty) {
+            return None;
+        }
+        let mut all: BTreeMap<&str, (Option<&str>, BTreeSet<&str>, u64)> = BTreeMap::new();
+        let local = clients.iter().map(|(id, c)| {
+            (
+                id.as_str(),
+                c.user.as_deref(),
+                c.channels.keys().map(String::as_str).collect::<Vec<_>>(),
+                c.connected_at,
+            )
+        });
+        let others = remote.values().flat_map(|node| {
+            node.iter().map(|(id, c)| {
+                (
+                    id.as_str(),
+                    c.user.as_deref(),
+                    c.channels.iter().map(String::as_str).collect(),
+                    c.connected_at,
+                )
+            })
+        });
+        for (id, user, channels, at) in local.chain(others) {
+            let entry = all.entry(id).or_insert((user, BTreeSet::new(), at));
+            if at < entry.2 {
+                (entry.0, entry.2) = (user, at);
+            }
+            entry.1.extend(channels);
+        }
+        Some(
+            all.into_iter()
+                .map(|(id, (user, channels, at))| ClientInfo {
+                    client_id: id.to_owned(),
+                    user: user.map(str::to_owned),
+                    channels: channels.into_iter().map(str::to_owned).collect(),
+                    connected_at: at,
+                })
+                .collect(),
+        )
+    }
+
+    /// Who is connected now (on every node in cluster mode), on which channels.
     pub fn snapshot(&self) -> Snapshot {
+        if let Some(merged) = self.merged() {
+            let mut members: HashMap<String, Vec<u32>> = HashMap::new();
+            let mut ids = Vec::with_capacity(merged.len());
+            for (index, client) in merged.into_iter().enumerate() {
+                let Ok(index) = u32::try_from(index) else {
+                    break;
+                };
+                for channel in client.channels {
+                    members.entry(channel).or_default().push(index);
+                }
+                ids.push(client.client_id);
+            }
+            let channels = members
+                .into_iter()
+                .map(|(channel, clients)| (channel, clients.into_boxed_slice()))
+                .collect();
+            return Snapshot::new(ids, channels);
+        }
         let mut ids = Vec::new();
         let mut channels = Vec::new();
         if let Ok(clients) = self.clients.lock() {
@@ -175,6 +298,87 @@ impl Presence {
                 .collect();
         }
         Snapshot::new(ids, channels)
+    }
+
+    /// Starts noting local changes for [`Presence::take_unshared`] (cluster mode).
+    fn start_sharing(&self) {
+        if let Ok(mut unshared) = self.unshared.lock() {
+            unshared.get_or_insert_with(BTreeSet::new);
+        }
+    }
+
+    /// Local clients changed since the last call, each with its state now (`None`: it left).
+    /// With `all`, every local client instead (and the pending changes are covered by it).
+    fn take_unshared(&self, all: bool) -> Vec<(String, Option<Shared>)> {
+        let Ok(clients) = self.clients.lock() else {
+            return Vec::new();
+        };
+        let changed = self
+            .unshared
+            .lock()
+            .ok()
+            .and_then(|mut unshared| unshared.as_mut().map(std::mem::take))
+            .unwrap_or_default();
+        let shared = |c: &Client| Shared {
+            user: c.user.clone(),
+            channels: c.channels.keys().cloned().collect(),
+            connected_at: c.connected_at,
+        };
+        if all {
+            return clients
+                .iter()
+                .map(|(id, c)| (id.clone(), Some(shared(c))))
+                .collect();
+        }
+        changed
+            .into_iter()
+            .map(|id| {
+                let now = clients.get(&id).map(shared);
+                (id, now)
+            })
+            .collect()
+    }
+
+    /// Replaces what node `node` lists with `clients`; announced only if that changes it
+    /// (a node repeats its full list as a heartbeat).
+    fn set_node(&self, node: u64, clients: BTreeMap<String, Shared>) {
+        let changed = self.remote.lock().is_ok_and(|mut remote| {
+            let same = remote.get(&node) == Some(&clients);
+            remote.insert(node, clients);
+            !same
+        });
+        if changed {
+            self.mark_changed();
+        }
+    }
+
+    /// Applies node `node`'s changes: a client with `None` left it.
+    fn update_node(&self, node: u64, changes: Vec<(String, Option<Shared>)>) {
+        let changed = self.remote.lock().is_ok_and(|mut remote| {
+            let clients = remote.entry(node).or_default();
+            let mut changed = false;
+            for (id, now) in changes {
+                changed |= match now {
+                    Some(client) => clients.insert(id, client.clone()).as_ref() != Some(&client),
+                    None => clients.remove(&id).is_some(),
+                };
+            }
+            changed
+        });
+        if changed {
+            self.mark_changed();
+        }
+    }
+
+    /// Forgets node `node` (it said goodbye or went silent): its clients leave.
+    fn drop_node(&self, node: u64) {
+        let had = self
+            .remote
+            .lock()
+            .is_ok_and(|mut remote| remote.remove(&node).is_some_and(|c| !c.is_empty()));
+        if had {
+            self.mark_changed();
+        }
     }
 
     /// Publishes one `online-presence` snapshot per burst of changes until `shutdown`.

@@ -143,6 +143,16 @@ impl App {
             Arc::new(Metrics::new()),
         );
         tokio::spawn(state.presence.clone().announce(hub, state.shutdown.clone()));
+        if let Some(cluster) = &cluster {
+            // Joins and leaves reach every node; another node's clients leave when it dies.
+            crate::presence::cluster::share(
+                state.presence.clone(),
+                cluster.client(),
+                cluster.prefix(),
+                state.shutdown.clone(),
+            )
+            .await?;
+        }
         Ok(Self {
             state,
             max_connections,

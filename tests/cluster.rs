@@ -2,13 +2,27 @@
 
 mod common;
 
+use std::future::Future;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::Server;
 use common::nats::NatsCluster;
 use common::sse::SseEvent;
 use serde_json::json;
+
+/// Longest a cluster test may take. Past it the test fails saying so instead of hanging (each
+/// step has its own shorter deadline; this catches anything that waits without one). The test's
+/// nodes and NATS servers are killed as the test's future is dropped.
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+/// Runs one test's body, failing it with a message after [`TEST_LIMIT`].
+async fn limited(name: &str, test: impl Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
+        panic!("{name} did not finish within {TEST_LIMIT:?}: something waited without a deadline");
+    }
+}
 
 #[test]
 fn harness_cluster_survives_a_killed_node_and_restarts_it() {
@@ -23,7 +37,8 @@ fn harness_cluster_survives_a_killed_node_and_restarts_it() {
 }
 
 /// Runs `broker` with `args` (clean environment, a fresh database directory) until it exits,
-/// and returns whether it succeeded and its standard error.
+/// and returns whether it succeeded and its standard error. Fails the test if it has not exited
+/// after [`common::TIMEOUT`] (it is killed then).
 fn run_to_exit(args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
@@ -32,17 +47,36 @@ fn run_to_exit(args: &[&str]) -> (bool, String) {
             cmd.env_remove(key);
         }
     }
-    let output = cmd
+    let log = dir.path().join("stderr.log");
+    let mut child = cmd
         .args(["--host", "127.0.0.1", "--port", "0", "--db"])
         .arg(dir.path().join("db"))
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
         .expect("run broker");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let deadline = Instant::now() + common::TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "broker {args:?} did not exit within {:?}: {stderr}",
+                common::TIMEOUT
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).expect("stderr");
     eprintln!("{stderr}");
-    (output.status.success(), stderr)
+    (status.success(), stderr)
 }
 
 #[test]
@@ -66,10 +100,13 @@ fn too_old_nats_is_refused_naming_both_versions() {
 
 #[tokio::test]
 async fn nats_2_15_passes_the_version_check_and_serves() {
-    let cluster = NatsCluster::start_n(1);
-    let broker = node(&cluster, &[]);
-    let (status, body) = broker.api().get("/ready", None).await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    limited("nats_2_15_passes_the_version_check_and_serves", async {
+        let cluster = NatsCluster::start_n(1);
+        let broker = node(&cluster, &[]);
+        let (status, body) = broker.api().get("/ready", None).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    })
+    .await;
 }
 
 #[test]
@@ -115,303 +152,559 @@ fn ids(events: &[SseEvent]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insert_on_one_node_reaches_the_others_with_the_same_id() {
-    let cluster = NatsCluster::start();
-    let nodes: Vec<Server> = (0..3).map(|_| node(&cluster, &[])).collect();
-    // Signed up on A; the JWT secret is shared through JetStream, so B and C accept it.
-    let token = nodes[0].api().user("ada").await;
-    let mut b = nodes[1].api().stream("/events", Some(&token), None).await;
-    let mut c = nodes[2].api().stream("/events", Some(&token), None).await;
-    b.until_synced().await;
-    c.until_synced().await;
-    let answer = nodes[0]
-        .api()
-        .insert(&token, "greeting", json!({"hello": "world"}), Some("room"))
-        .await;
-    let id = answer["id"].as_str().expect("id").to_owned();
-    for stream in [&mut b, &mut c] {
-        let event = stream.next_event().await;
-        assert_eq!(event.id.as_deref(), Some(id.as_str()));
-        assert_eq!(event.event, "greeting");
-        assert_eq!(event.json()["hello"], "world");
-    }
-    // And a batch from B arrives whole, in order, with consecutive ids, on A.
-    let mut a = nodes[0].api().stream("/events", Some(&token), None).await;
-    a.until_synced().await;
-    let (status, body) = nodes[1]
-        .api()
-        .post(
-            "/publish",
-            Some(&token),
-            &json!({"events": [
-                {"channelName": "room", "type": "one", "payload": "1"},
-                {"channelName": "room", "type": "two", "payload": "2"},
-                {"channelName": "hall", "type": "three", "payload": "3"},
-            ]}),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
-    let got: Vec<SseEvent> = vec![
-        a.next_event().await,
-        a.next_event().await,
-        a.next_event().await,
-    ];
-    let got_ids = ids(&got);
-    assert_eq!(got_ids.len(), 3);
-    assert!(
-        got_ids.windows(2).all(|w| w[1] == w[0] + 1),
-        "a batch takes consecutive ids: {got_ids:?}"
-    );
-    let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(names, ["one", "two", "three"]);
+    limited(
+        "an_insert_on_one_node_reaches_the_others_with_the_same_id",
+        async {
+            let cluster = NatsCluster::start();
+            let nodes: Vec<Server> = (0..3).map(|_| node(&cluster, &[])).collect();
+            // Signed up on A; the JWT secret is shared through JetStream, so B and C accept it.
+            let token = nodes[0].api().user("ada").await;
+            let mut b = nodes[1].api().stream("/events", Some(&token), None).await;
+            let mut c = nodes[2].api().stream("/events", Some(&token), None).await;
+            b.until_synced().await;
+            c.until_synced().await;
+            let answer = nodes[0]
+                .api()
+                .insert(&token, "greeting", json!({"hello": "world"}), Some("room"))
+                .await;
+            let id = answer["id"].as_str().expect("id").to_owned();
+            for stream in [&mut b, &mut c] {
+                let event = stream.next_event().await;
+                assert_eq!(event.id.as_deref(), Some(id.as_str()));
+                assert_eq!(event.event, "greeting");
+                assert_eq!(event.json()["hello"], "world");
+            }
+            // And a batch from B arrives whole, in order, with consecutive ids, on A.
+            let mut a = nodes[0].api().stream("/events", Some(&token), None).await;
+            a.until_synced().await;
+            let (status, body) = nodes[1]
+                .api()
+                .post(
+                    "/publish",
+                    Some(&token),
+                    &json!({"events": [
+                        {"channelName": "room", "type": "one", "payload": "1"},
+                        {"channelName": "room", "type": "two", "payload": "2"},
+                        {"channelName": "hall", "type": "three", "payload": "3"},
+                    ]}),
+                )
+                .await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+            let got: Vec<SseEvent> = vec![
+                a.next_event().await,
+                a.next_event().await,
+                a.next_event().await,
+            ];
+            let got_ids = ids(&got);
+            assert_eq!(got_ids.len(), 3);
+            assert!(
+                got_ids.windows(2).all(|w| w[1] == w[0] + 1),
+                "a batch takes consecutive ids: {got_ids:?}"
+            );
+            let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
+            assert_eq!(names, ["one", "two", "three"]);
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_resumes_on_another_node_after_its_node_is_killed() {
-    let cluster = NatsCluster::start();
-    let mut a = node(&cluster, &[]);
-    let b = node(&cluster, &[]);
-    let token = b.api().user("ada").await;
-    let mut stream = a.api().stream("/events", Some(&token), None).await;
-    stream.until_synced().await;
-    let mut inserted = Vec::new();
-    for i in 0..5 {
-        let answer = b
-            .api()
-            .insert(&token, &format!("e{i}"), json!(i), None)
-            .await;
-        inserted.push(
-            answer["id"]
-                .as_str()
-                .expect("id")
-                .parse::<u64>()
-                .expect("u64"),
-        );
-    }
-    let seen = ids(&events_until(&mut stream, inserted[2]).await);
-    assert_eq!(seen, inserted[..3]);
-    a.kill();
-    for i in 5..10 {
-        let answer = b
-            .api()
-            .insert(&token, &format!("e{i}"), json!(i), None)
-            .await;
-        inserted.push(
-            answer["id"]
-                .as_str()
-                .expect("id")
-                .parse::<u64>()
-                .expect("u64"),
-        );
-    }
-    let last_seen = seen.last().expect("seen").to_string();
-    let mut resumed = b
-        .api()
-        .stream("/events", Some(&token), Some(&last_seen))
-        .await;
-    let rest = ids(&events_until(&mut resumed, inserted[9]).await);
-    assert_eq!(rest, inserted[3..], "no gap and no duplicate across nodes");
+    limited(
+        "a_stream_resumes_on_another_node_after_its_node_is_killed",
+        async {
+            let cluster = NatsCluster::start();
+            let mut a = node(&cluster, &[]);
+            let b = node(&cluster, &[]);
+            let token = b.api().user("ada").await;
+            let mut stream = a.api().stream("/events", Some(&token), None).await;
+            stream.until_synced().await;
+            let mut inserted = Vec::new();
+            for i in 0..5 {
+                let answer = b
+                    .api()
+                    .insert(&token, &format!("e{i}"), json!(i), None)
+                    .await;
+                inserted.push(
+                    answer["id"]
+                        .as_str()
+                        .expect("id")
+                        .parse::<u64>()
+                        .expect("u64"),
+                );
+            }
+            let seen = ids(&events_until(&mut stream, inserted[2]).await);
+            assert_eq!(seen, inserted[..3]);
+            a.kill();
+            for i in 5..10 {
+                let answer = b
+                    .api()
+                    .insert(&token, &format!("e{i}"), json!(i), None)
+                    .await;
+                inserted.push(
+                    answer["id"]
+                        .as_str()
+                        .expect("id")
+                        .parse::<u64>()
+                        .expect("u64"),
+                );
+            }
+            let last_seen = seen.last().expect("seen").to_string();
+            let mut resumed = b
+                .api()
+                .stream("/events", Some(&token), Some(&last_seen))
+                .await;
+            let rest = ids(&events_until(&mut resumed, inserted[9]).await);
+            assert_eq!(rest, inserted[3..], "no gap and no duplicate across nodes");
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_node_ends_the_users_streams_on_another() {
-    let cluster = NatsCluster::start();
-    let a = node(&cluster, &["--admin", "root:rootpassword"]);
-    let b = node(&cluster, &[]);
-    let root = a.api().login_as("root", "rootpassword").await;
-    let ada = a.api().user("ada").await;
-    let mut stream = b.api().stream("/events", Some(&ada), None).await;
-    stream.until_synced().await;
-    let resp = common::client()
-        .delete(a.url("/users/ada"))
-        .bearer_auth(&root)
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(resp.status(), reqwest::StatusCode::OK);
-    let events = stream.until_end().await;
-    assert!(
-        events.iter().any(|e| e.data.contains("revoked")),
-        "the stream on the other node ends saying why: {events:?}"
-    );
-    let (status, _) = b.api().get("/events", Some(&ada)).await;
-    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    limited(
+        "a_revocation_on_one_node_ends_the_users_streams_on_another",
+        async {
+            let cluster = NatsCluster::start();
+            let a = node(&cluster, &["--admin", "root:rootpassword"]);
+            let b = node(&cluster, &[]);
+            let root = a.api().login_as("root", "rootpassword").await;
+            let ada = a.api().user("ada").await;
+            let mut stream = b.api().stream("/events", Some(&ada), None).await;
+            stream.until_synced().await;
+            let resp = common::client()
+                .delete(a.url("/users/ada"))
+                .bearer_auth(&root)
+                .send()
+                .await
+                .expect("DELETE");
+            assert_eq!(resp.status(), reqwest::StatusCode::OK);
+            let events = stream.until_end().await;
+            assert!(
+                events.iter().any(|e| e.data.contains("revoked")),
+                "the stream on the other node ends saying why: {events:?}"
+            );
+            let (status, _) = b.api().get("/events", Some(&ada)).await;
+            assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_insert_survives_a_killed_nats_server() {
-    let mut cluster = NatsCluster::start();
-    let broker = node(&cluster, &[]);
-    let token = broker.api().user("ada").await;
-    let api = broker.api();
-    let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let (api, token, mut killed) = (api.clone(), token.clone(), killed_rx.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut after_kill = 0;
-            let mut i = 0;
-            let deadline = std::time::Instant::now() + common::TIMEOUT * 2;
-            // Until the NATS server is dead and 20 more inserts of this writer succeeded.
-            while after_kill < 20 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "inserts did not succeed again after the NATS server was killed"
-                );
-                i += 1;
-                let (status, body) = api
-                    .post(
-                        "/insert",
-                        Some(&token),
-                        &json!({"event": format!("w{w}"), "data": i}),
-                    )
-                    .await;
-                if status == reqwest::StatusCode::OK {
-                    acked.push(
-                        body["id"]
-                            .as_str()
-                            .expect("id")
-                            .parse::<u64>()
-                            .expect("u64"),
-                    );
-                    if *killed.borrow_and_update() {
-                        after_kill += 1;
+    limited(
+        "every_acknowledged_insert_survives_a_killed_nats_server",
+        async {
+            let mut cluster = NatsCluster::start();
+            let broker = node(&cluster, &[]);
+            let token = broker.api().user("ada").await;
+            let api = broker.api();
+            // When the NATS server was killed, once it was.
+            let (killed_tx, killed_rx) = tokio::sync::watch::channel(None::<Instant>);
+            let mut writers = Vec::new();
+            for w in 0..4 {
+                let (api, token, mut killed) = (api.clone(), token.clone(), killed_rx.clone());
+                writers.push(tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    let mut after_kill = 0;
+                    let mut i = 0;
+                    let started = Instant::now();
+                    // Until the NATS server is dead and 20 more inserts of this writer succeeded.
+                    // The target is inserts succeeding again within 10 s of the kill; the
+                    // failure deadline is generous (a busy machine), the time is printed.
+                    while after_kill < 20 {
+                        let since = killed.borrow().unwrap_or(started);
+                        assert!(
+                            since.elapsed() < common::TIMEOUT * 2,
+                            "inserts did not succeed again after the NATS server was killed"
+                        );
+                        i += 1;
+                        let (status, body) = api
+                            .post(
+                                "/insert",
+                                Some(&token),
+                                &json!({"event": format!("w{w}"), "data": i}),
+                            )
+                            .await;
+                        if status == reqwest::StatusCode::OK {
+                            acked.push(
+                                body["id"]
+                                    .as_str()
+                                    .expect("id")
+                                    .parse::<u64>()
+                                    .expect("u64"),
+                            );
+                            if let Some(at) = *killed.borrow_and_update() {
+                                if after_kill == 0 {
+                                    eprintln!(
+                                        "writer {w}: an insert succeeded {:?} after the kill",
+                                        at.elapsed()
+                                    );
+                                }
+                                after_kill += 1;
+                            }
+                        } else {
+                            assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                            assert_eq!(body["error"], "store unavailable");
+                        }
                     }
-                } else {
-                    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
-                    assert_eq!(body["error"], "store unavailable");
-                }
+                    acked
+                }));
             }
-            acked
-        }));
-    }
-    // Let every writer get some inserts in, then kill a NATS server under them.
-    let probe = api.insert(&token, "probe", json!(0), None).await;
-    assert!(probe["id"].is_string());
-    // The records stream's leader: the server whose loss forces an election.
-    let leader = cluster
-        .stream_leader(0, "broker_records")
-        .expect("the records stream has a leader");
-    cluster.kill(leader);
-    killed_tx.send(true).expect("writers listening");
-    let mut acked = Vec::new();
-    for writer in writers {
-        acked.extend(writer.await.expect("writer"));
-    }
-    acked.sort_unstable();
-    let last = *acked.last().expect("some inserts");
-    let mut replay = api.stream("/events", Some(&token), Some("0")).await;
-    let stored: std::collections::HashSet<u64> = ids(&events_until(&mut replay, last).await)
-        .into_iter()
-        .collect();
-    let lost: Vec<u64> = acked
-        .iter()
-        .filter(|id| !stored.contains(id))
-        .copied()
-        .collect();
-    assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+            // Let every writer get some inserts in, then kill a NATS server under them.
+            let probe = api.insert(&token, "probe", json!(0), None).await;
+            assert!(probe["id"].is_string());
+            // The records stream's leader: the server whose loss forces an election.
+            let leader = cluster
+                .stream_leader(0, "broker_records")
+                .expect("the records stream has a leader");
+            cluster.kill(leader);
+            killed_tx
+                .send(Some(Instant::now()))
+                .expect("writers listening");
+            let mut acked = Vec::new();
+            for writer in writers {
+                acked.extend(writer.await.expect("writer"));
+            }
+            acked.sort_unstable();
+            let last = *acked.last().expect("some inserts");
+            let mut replay = api.stream("/events", Some(&token), Some("0")).await;
+            let stored: std::collections::HashSet<u64> =
+                ids(&events_until(&mut replay, last).await)
+                    .into_iter()
+                    .collect();
+            let lost: Vec<u64> = acked
+                .iter()
+                .filter(|id| !stored.contains(id))
+                .copied()
+                .collect();
+            assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_node_keeps_users_secret_and_records() {
-    let mut cluster = NatsCluster::start();
-    let mut a = node(&cluster, &[]);
-    let token = a.api().user("ada").await;
-    let answer = a.api().insert(&token, "kept", json!("yes"), None).await;
-    let id = answer["id"].as_str().expect("id").to_owned();
-    a.kill();
-    cluster.restart_all();
-    let b = node(&cluster, &[]);
-    // The old token still verifies (same secret) and the user can log in again.
-    let mut stream = b.api().stream("/events", Some(&token), None).await;
-    let (snapshot, synced) = stream.until_synced().await;
-    assert_eq!(synced, id);
-    assert_eq!(snapshot.len(), 1);
-    assert_eq!(snapshot[0].event, "kept");
-    b.api().login("ada").await;
+    limited(
+        "restarting_every_node_keeps_users_secret_and_records",
+        async {
+            let mut cluster = NatsCluster::start();
+            let mut a = node(&cluster, &[]);
+            let token = a.api().user("ada").await;
+            let answer = a.api().insert(&token, "kept", json!("yes"), None).await;
+            let id = answer["id"].as_str().expect("id").to_owned();
+            a.kill();
+            cluster.restart_all();
+            let b = node(&cluster, &[]);
+            // The old token still verifies (same secret) and the user can log in again.
+            let mut stream = b.api().stream("/events", Some(&token), None).await;
+            let (snapshot, synced) = stream.until_synced().await;
+            assert_eq!(synced, id);
+            assert_eq!(snapshot.len(), 1);
+            assert_eq!(snapshot[0].event, "kept");
+            b.api().login("ada").await;
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_nats_gives_503_and_streams_catch_up_when_it_returns() {
-    let mut cluster = NatsCluster::start_n(1);
-    let broker = node(&cluster, &[]);
-    let api = broker.api();
-    let token = api.user("ada").await;
-    let first = api.insert(&token, "before", json!(1), None).await;
-    let mut stream = api.stream("/events", Some(&token), None).await;
-    let (_, synced) = stream.until_synced().await;
-    assert_eq!(Some(synced.as_str()), first["id"].as_str());
+    limited(
+        "unreachable_nats_gives_503_and_streams_catch_up_when_it_returns",
+        async {
+            let mut cluster = NatsCluster::start_n(1);
+            let broker = node(&cluster, &[]);
+            let api = broker.api();
+            let token = api.user("ada").await;
+            let first = api.insert(&token, "before", json!(1), None).await;
+            let mut stream = api.stream("/events", Some(&token), None).await;
+            let (_, synced) = stream.until_synced().await;
+            assert_eq!(Some(synced.as_str()), first["id"].as_str());
 
-    cluster.kill(0);
-    let (status, body) = api
-        .post(
-            "/insert",
-            Some(&token),
-            &json!({"event": "during", "data": 2}),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"], "store unavailable");
-    // /ready follows the connection to NATS (the client notices the loss within moments).
-    let deadline = std::time::Instant::now() + common::TIMEOUT;
-    while api.get("/ready", None).await.0 != reqwest::StatusCode::SERVICE_UNAVAILABLE {
-        assert!(std::time::Instant::now() < deadline, "/ready stayed 200");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            cluster.kill(0);
+            let (status, body) = api
+                .post(
+                    "/insert",
+                    Some(&token),
+                    &json!({"event": "during", "data": 2}),
+                )
+                .await;
+            assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["error"], "store unavailable");
+            // /ready follows the connection to NATS (the client notices the loss within moments).
+            let deadline = std::time::Instant::now() + common::TIMEOUT;
+            while api.get("/ready", None).await.0 != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                assert!(std::time::Instant::now() < deadline, "/ready stayed 200");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
 
-    cluster.restart(0);
-    let deadline = std::time::Instant::now() + common::TIMEOUT;
-    let after = loop {
-        let (status, body) = api
-            .post(
-                "/insert",
-                Some(&token),
-                &json!({"event": "after", "data": 3}),
-            )
-            .await;
-        if status == reqwest::StatusCode::OK {
-            break body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "inserts did not resume: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    assert_eq!(api.get("/ready", None).await.0, reqwest::StatusCode::OK);
-    // The stream opened before the outage stayed open and receives what came after it.
-    let event = stream.next_event().await;
-    assert_eq!(event.event, "after");
-    assert_eq!(event.id.as_deref(), after["id"].as_str());
+            cluster.restart(0);
+            let deadline = std::time::Instant::now() + common::TIMEOUT;
+            let after = loop {
+                let (status, body) = api
+                    .post(
+                        "/insert",
+                        Some(&token),
+                        &json!({"event": "after", "data": 3}),
+                    )
+                    .await;
+                if status == reqwest::StatusCode::OK {
+                    break body;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "inserts did not resume: {body}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            };
+            assert_eq!(api.get("/ready", None).await.0, reqwest::StatusCode::OK);
+            // The stream opened before the outage stayed open and receives what came after it.
+            let event = stream.next_event().await;
+            assert_eq!(event.event, "after");
+            assert_eq!(event.id.as_deref(), after["id"].as_str());
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_port_with_reuse_port() {
-    let cluster = NatsCluster::start_n(1);
-    let port = common::free_port().to_string();
-    let urls = cluster.urls();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nodes: Vec<Server> = (0..2)
-        .map(|i| {
-            let db = dir.path().join(format!("db{i}"));
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
-            cmd.args(["--host", "127.0.0.1", "--port", &port, "--reuse-port"])
-                .args(["--nats", &urls, "--nats-replicas", "1", "--db"])
-                .arg(&db);
-            Server::spawn(cmd, db, "http")
+    limited("two_nodes_share_one_port_with_reuse_port", async {
+        let cluster = NatsCluster::start_n(1);
+        let port = common::free_port().to_string();
+        let urls = cluster.urls();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<Server> = (0..2)
+            .map(|i| {
+                let db = dir.path().join(format!("db{i}"));
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+                cmd.args(["--host", "127.0.0.1", "--port", &port, "--reuse-port"])
+                    .args(["--nats", &urls, "--nats-replicas", "1", "--db"])
+                    .arg(&db);
+                Server::spawn(cmd, db, "http")
+            })
+            .collect();
+        assert_eq!(nodes[0].addr, nodes[1].addr, "both listen on one port");
+        let api = nodes[0].api();
+        let token = api.user("ada").await;
+        // Whichever process the kernel hands each connection to, the data is the same.
+        for i in 0..6 {
+            let answer = common::Api {
+                http: common::client(),
+                base: nodes[1].base.clone(),
+            }
+            .insert(&token, "tick", json!(i), None)
+            .await;
+            assert!(answer["id"].is_string());
+        }
+    })
+    .await;
+}
+
+/// Reads `online-presence` events until one lists exactly `want`; fails if one lists an id of
+/// `never` first.
+async fn until_presence(stream: &mut common::sse::SseStream, want: &[&str], never: &[&str]) {
+    loop {
+        let event = stream.next_event().await;
+        if event.event != "online-presence" {
+            continue;
+        }
+        let payload = event.json()["payload"]
+            .as_str()
+            .expect("payload")
+            .to_owned();
+        let mut ids: Vec<String> = serde_json::from_str(&payload).expect("ids");
+        ids.sort();
+        assert!(
+            !ids.iter().any(|id| never.contains(&id.as_str())),
+            "listed a client it must not see: {ids:?}"
+        );
+        if ids == want {
+            return;
+        }
+    }
+}
+
+/// Client ids (sorted) and channels of a `/presence` answer.
+fn presence_of(body: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut clients: Vec<(String, serde_json::Value)> = body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| {
+            (
+                c["client_id"].as_str().expect("id").to_owned(),
+                c["channels"].clone(),
+            )
         })
         .collect();
-    assert_eq!(nodes[0].addr, nodes[1].addr, "both listen on one port");
-    let api = nodes[0].api();
-    let token = api.user("ada").await;
-    // Whichever process the kernel hands each connection to, the data is the same.
-    for i in 0..6 {
-        let answer = common::Api {
-            http: common::client(),
-            base: nodes[1].base.clone(),
+    clients.sort_by(|a, b| a.0.cmp(&b.0));
+    clients
+}
+
+/// Polls `server`'s `/presence` until `check` accepts its clients; fails after
+/// [`common::TIMEOUT`].
+async fn presence_until(server: &Server, check: impl Fn(&[(String, serde_json::Value)]) -> bool) {
+    let deadline = Instant::now() + common::TIMEOUT;
+    loop {
+        let (_, body) = server.api().get("/presence", None).await;
+        if check(&presence_of(&body)) {
+            return;
         }
-        .insert(&token, "tick", json!(i), None)
-        .await;
-        assert!(answer["id"].is_string());
+        assert!(
+            Instant::now() < deadline,
+            "presence never became as expected: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_nodes_and_a_killed_nodes_clients_leave() {
+    limited(
+        "presence_crosses_nodes_and_a_killed_nodes_clients_leave",
+        async {
+            let cluster = NatsCluster::start();
+            let mut a = node(&cluster, &["--no-auth"]);
+            let b = node(&cluster, &["--no-auth"]);
+            let mut watcher = b
+                .api()
+                .stream("/subscribe?channels=lobby&clientId=watcher", None, None)
+                .await;
+            until_presence(&mut watcher, &["watcher"], &[]).await;
+
+            // A join on A reaches B's stream and B's /presence, and A lists B's client too.
+            let mut ada = a
+                .api()
+                .stream("/subscribe?channels=room&clientId=ada", None, None)
+                .await;
+            until_presence(&mut watcher, &["ada", "watcher"], &[]).await;
+            until_presence(&mut ada, &["ada", "watcher"], &[]).await;
+            let (_, body) = b.api().get("/presence?channel=room", None).await;
+            assert_eq!(presence_of(&body), [("ada".to_owned(), json!(["room"]))]);
+
+            // One client on both nodes counts once, with the channels of both.
+            let ada_on_b = b
+                .api()
+                .stream("/subscribe?channels=lobby&clientId=ada", None, None)
+                .await;
+            presence_until(&a, |clients| {
+                clients.first() == Some(&("ada".to_owned(), json!(["lobby", "room"])))
+            })
+            .await;
+            drop(ada_on_b);
+
+            // A leave on A reaches B.
+            let bob = a
+                .api()
+                .stream("/subscribe?channels=room&clientId=bob", None, None)
+                .await;
+            until_presence(&mut watcher, &["ada", "bob", "watcher"], &[]).await;
+            drop(bob);
+            until_presence(&mut watcher, &["ada", "watcher"], &[]).await;
+
+            // A node started later learns the others' clients at once (it asks for them).
+            let c = node(&cluster, &["--no-auth"]);
+            presence_until(&c, |clients| {
+                clients.iter().map(|c| c.0.as_str()).collect::<Vec<_>>() == ["ada", "watcher"]
+            })
+            .await;
+            drop(c);
+
+            // A dies without a word: its clients leave B's presence within 15 s.
+            a.kill();
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                until_presence(&mut watcher, &["watcher"], &[]),
+            )
+            .await
+            .expect("the killed node's clients left within 15 s");
+            let (_, body) = b.api().get("/presence", None).await;
+            assert_eq!(
+                presence_of(&body),
+                [("watcher".to_owned(), json!(["lobby"]))]
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_nodes_follows_permissions() {
+    limited("presence_across_nodes_follows_permissions", async {
+        let cluster = NatsCluster::start();
+        let a = node(&cluster, &["--admin", "root:rootpassword"]);
+        let b = node(&cluster, &[]);
+        let root = a.api().login_as("root", "rootpassword").await;
+        let (status, body) = a
+            .api()
+            .post(
+                "/users",
+                Some(&root),
+                &json!({"username": "reader", "password": common::PASSWORD, "read": ["lobby"]}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        let reader = b.api().login("reader").await;
+        let mut watcher = b
+            .api()
+            .stream("/subscribe?channels=lobby&clientId=r", Some(&reader), None)
+            .await;
+        until_presence(&mut watcher, &["r"], &[]).await;
+        // Two clients of root's on A: one on a channel the reader may not read.
+        let _secret = a
+            .api()
+            .stream(
+                "/subscribe?channels=secret&clientId=hidden",
+                Some(&root),
+                None,
+            )
+            .await;
+        let _lobby = a
+            .api()
+            .stream("/subscribe?channels=lobby&clientId=seen", Some(&root), None)
+            .await;
+        until_presence(&mut watcher, &["r", "seen"], &["hidden"]).await;
+        let (_, body) = b.api().get("/presence", Some(&reader)).await;
+        let ids: Vec<String> = presence_of(&body).into_iter().map(|c| c.0).collect();
+        assert_eq!(ids, ["r", "seen"]);
+        let (_, body) = b.api().get("/presence", Some(&root)).await;
+        let ids: Vec<String> = presence_of(&body).into_iter().map(|c| c.0).collect();
+        assert_eq!(ids, ["hidden", "r", "seen"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_on_one_node_ends_the_users_streams_on_another() {
+    limited(
+        "a_password_change_on_one_node_ends_the_users_streams_on_another",
+        async {
+            let cluster = NatsCluster::start();
+            let a = node(&cluster, &[]);
+            let b = node(&cluster, &[]);
+            let ada = a.api().user("ada").await;
+            let mut stream = b.api().stream("/events", Some(&ada), None).await;
+            stream.until_synced().await;
+            let resp = common::client()
+                .post(a.url("/users/me/password"))
+                .basic_auth("ada", Some(common::PASSWORD))
+                .json(&json!({"old_password": common::PASSWORD, "new_password": "a new horse battery"}))
+                .send()
+                .await
+                .expect("POST");
+            assert_eq!(resp.status(), reqwest::StatusCode::OK);
+            // The watch on the users bucket carries the change to B, which ends the stream
+            // (awaited: the stream's own deadline fails the test if it stays open).
+            stream.until_end().await;
+            let (status, _) = b.api().get("/events", Some(&ada)).await;
+            assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "the old token on B");
+            b.api().login_as("ada", "a new horse battery").await;
+        },
+    )
+    .await;
 }

@@ -41,7 +41,8 @@ pub enum Wire {
     about = "Load tool for Broker and node-sse-server"
 )]
 pub struct Args {
-    /// Base URL of the server under test.
+    /// Base URL of the server under test; for the load scenario, several comma-separated
+    /// URLs (the nodes of a cluster): subscriber and publisher `i` use URL `i mod n`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// What to run (`load`: the fan-out benchmark; the others are hostile clients, broker
@@ -81,6 +82,26 @@ pub struct Args {
     /// Pid of the server, to read its resident memory from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// A subscriber whose stream ends or fails opens it again, on the next URL of `--url`,
+    /// with `Last-Event-ID` (a cluster's failover); the run reports when the last one was
+    /// live again.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Kill this process (SIGKILL) `--kill-after` seconds after publishing starts (a cluster
+    /// node, for the failover measure).
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Seconds into publishing when `--kill-pid` is killed.
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_after: f64,
+    /// URLs the publishers use (comma-separated) instead of `--url`'s.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Pids of the other nodes of a cluster (comma-separated), in `--url` order after
+    /// `--server-pid` (the first URL's): their memory is read and reported beside
+    /// `--server-pid`'s, one line per node.
+    #[arg(long, value_delimiter = ',')]
+    pub node_pids: Vec<u32>,
     /// Before the run, time a new subscriber's snapshot of this many distinct events
     /// (broker profile).
     #[arg(long, default_value_t = 0)]
@@ -132,7 +153,32 @@ pub struct Args {
     pub hostile: HostileArgs,
 }
 
+/// URL `i mod n` of the comma-separated `urls`.
+pub fn pick_url(urls: &str, i: usize) -> &str {
+    let count = urls.split(',').count().max(1);
+    urls.split(',').nth(i % count).unwrap_or(urls).trim()
+}
+
 impl Args {
+    /// The URL for subscriber or publisher `i` (see `--url`).
+    pub fn url_for(&self, i: usize) -> &str {
+        pick_url(&self.url, i)
+    }
+
+    /// The URL for publisher `i` (`--publish-url`, else `--url`).
+    pub fn publish_url_for(&self, i: usize) -> &str {
+        pick_url(self.publish_url.as_deref().unwrap_or(&self.url), i)
+    }
+
+    /// Every node's pid: `--server-pid`, then `--node-pids`.
+    pub fn all_pids(&self) -> Vec<u32> {
+        self.server_pid
+            .iter()
+            .chain(&self.node_pids)
+            .copied()
+            .collect()
+    }
+
     /// `--duration`, or this scenario's default.
     pub fn duration_or(&self, default: f64) -> f64 {
         self.duration.unwrap_or(default)

@@ -43,6 +43,12 @@ pub struct Counts {
     pub live_received: u64,
     /// Samples received twice or out of order.
     pub duplicates: u64,
+    /// Subscribers that opened their stream again after it ended (`--reconnect`).
+    #[serde(default)]
+    pub reconnected: usize,
+    /// When the last of them was live again, µs since the Unix epoch (0: none).
+    #[serde(default)]
+    pub last_reconnect_us: u64,
 }
 
 impl Counts {
@@ -56,6 +62,8 @@ impl Counts {
             received: self.received + o.received,
             live_received: self.live_received + o.live_received,
             duplicates: self.duplicates + o.duplicates,
+            reconnected: self.reconnected + o.reconnected,
+            last_reconnect_us: self.last_reconnect_us.max(o.last_reconnect_us),
         }
     }
 }
@@ -103,6 +111,8 @@ pub struct Spec {
     pub publishers: usize,
     /// Loopback source addresses to spread over (0: the default address).
     pub source_addrs: u8,
+    /// `--reconnect`: subscribers fail over to the other URLs.
+    pub reconnect: bool,
 }
 
 impl Spec {
@@ -115,6 +125,7 @@ impl Spec {
             token,
             publishers: args.publishers,
             source_addrs: args.source_addrs,
+            reconnect: args.reconnect,
         }
     }
 
@@ -161,7 +172,27 @@ impl LocalGroup {
             self.progress.push(p.clone());
             let sub = Subscriber {
                 wire: self.spec.wire,
-                url: profile::stream_url(self.spec.wire, &self.spec.url, &self.spec.channel, i),
+                url: profile::stream_url(
+                    self.spec.wire,
+                    crate::config::pick_url(&self.spec.url, i),
+                    &self.spec.channel,
+                    i,
+                ),
+                fallbacks: if self.spec.reconnect {
+                    let n = self.spec.url.split(',').count();
+                    (1..n)
+                        .map(|j| {
+                            profile::stream_url(
+                                self.spec.wire,
+                                crate::config::pick_url(&self.spec.url, i + j),
+                                &self.spec.channel,
+                                i,
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 token: self.spec.token.clone(),
                 conn: self.spec.conn(i, &self.clients),
                 publishers: self.spec.publishers,
@@ -196,6 +227,12 @@ impl LocalGroup {
             c.failed += usize::from(failed);
             c.received += received;
             c.duplicates += p.duplicates.load(Ordering::Relaxed);
+            if p.reconnects.load(Ordering::Relaxed) > 0 {
+                c.reconnected += 1;
+                c.last_reconnect_us = c
+                    .last_reconnect_us
+                    .max(p.reconnected_us.load(Ordering::Relaxed));
+            }
             if synced && !failed {
                 c.live += 1;
                 c.live_received += received;
@@ -258,6 +295,7 @@ impl WorkerGroup {
             .args(["--channel", &args.channel])
             .args(["--publishers", &args.publishers.to_string()])
             .args(["--source-addrs", &args.source_addrs.to_string()])
+            .args(args.reconnect.then_some("--reconnect"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -116,16 +116,16 @@ fn clients(source_addrs: u8) -> Result<Vec<reqwest::Client>, String> {
 async fn token(args: &Args, http: &reqwest::Client) -> Result<Option<String>, String> {
     let creds = json!({"username": args.user, "password": args.password});
     let _ = http
-        .post(format!("{}/users", args.url))
+        .post(format!("{}/users", args.url_for(0)))
         .json(&creds)
         .send()
         .await;
     let resp = http
-        .post(format!("{}/login", args.url))
+        .post(format!("{}/login", args.url_for(0)))
         .json(&creds)
         .send()
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.url))?;
+        .map_err(|e| format!("cannot reach {}: {e}", args.url_for(0)))?;
     if !resp.status().is_success() {
         if args.profile == Wire::NodeSse {
             return Ok(None);
@@ -148,7 +148,7 @@ async fn snapshot_seconds(
             .map(|i| json!({"channelName": channel, "type": format!("e{i}"), "payload": i.to_string()}))
             .collect();
         let mut req = http
-            .post(format!("{}/publish", args.url))
+            .post(format!("{}/publish", args.url_for(0)))
             .json(&json!({"events": events}));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -159,7 +159,7 @@ async fn snapshot_seconds(
         }
     }
     let started = Instant::now();
-    let mut req = http.get(format!("{}/events?channels={channel}", args.url));
+    let mut req = http.get(format!("{}/events?channels={channel}", args.url_for(0)));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -243,9 +243,14 @@ async fn run(args: Args) -> Result<Results, String> {
     };
     let rss_before = args.server_pid.and_then(system::rss_kib);
     let mut publisher_clients = Vec::with_capacity(args.publishers);
-    for _ in 0..args.publishers {
-        publisher_clients.push(publisher::Client::for_url(&args.url, &http).await?);
+    for index in 0..args.publishers {
+        publisher_clients
+            .push(publisher::Client::for_url(args.publish_url_for(index), &http).await?);
     }
+    let node_rss =
+        |pids: &[u32]| -> Vec<Option<u64>> { pids.iter().map(|&p| system::rss_kib(p)).collect() };
+    let pids = args.all_pids();
+    let nodes_before = node_rss(&pids);
 
     // Subscribers, in this process or spread over workers, in steps for a memory series.
     let mut groups = Vec::new();
@@ -325,6 +330,7 @@ async fn run(args: Args) -> Result<Results, String> {
     let connected = counts(&groups);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = args.server_pid.and_then(system::rss_kib);
+    let nodes_idle = node_rss(&pids);
 
     // Publishers.
     let acked = Arc::new(AtomicU64::new(0));
@@ -343,7 +349,7 @@ async fn run(args: Args) -> Result<Results, String> {
         let p = publisher::Publisher {
             index,
             wire: args.profile,
-            base: args.url.clone(),
+            base: args.publish_url_for(index).to_owned(),
             channel: args.channel.clone(),
             token: token.clone(),
             http: client,
@@ -356,6 +362,20 @@ async fn run(args: Args) -> Result<Results, String> {
             stop: None,
         };
         publishers.push(tokio::spawn(p.run(deadline)));
+    }
+    // Failover: kill a node under the run.
+    let killed_us = Arc::new(AtomicU64::new(0));
+    if let Some(pid) = args.kill_pid {
+        let (after, killed_us) = (args.kill_after, killed_us.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(after)).await;
+            killed_us.store(stats::now_us(), Ordering::Relaxed);
+            let killed = tokio::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .await;
+            eprintln!("\nbroker-bench: killed {pid} (SIGKILL): {killed:?}");
+        });
     }
     let mut last_line = Instant::now();
     while publishers.iter().any(|p| !p.is_finished()) {
@@ -416,7 +436,33 @@ async fn run(args: Args) -> Result<Results, String> {
         eprintln!("{} subscribers failed, first: {e}", totals.failed);
     }
     let rss_end = args.server_pid.and_then(system::rss_kib);
+    let nodes_end = node_rss(&pids);
+    let url_count = args.url.split(',').count().max(1);
+    let nodes = if pids.len() > 1 {
+        pids.iter()
+            .enumerate()
+            .map(|(i, &pid)| {
+                // Subscribers this node held: every one whose index maps to its URL.
+                let held = (0..connected.synced).filter(|s| s % url_count == i).count();
+                report::NodeMemory {
+                    pid,
+                    rss_before_kib: nodes_before[i],
+                    rss_idle_kib: nodes_idle[i],
+                    rss_end_kib: nodes_end[i],
+                    subscribers: held,
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let killed = killed_us.load(Ordering::Relaxed);
+    let failover_seconds = (killed > 0 && totals.reconnected > 0)
+        .then(|| totals.last_reconnect_us.saturating_sub(killed) as f64 / 1e6);
     let results = Results {
+        nodes,
+        reconnected: totals.reconnected,
+        failover_seconds,
         workers,
         subscribers_synced: totals.synced,
         subscribers_failed: totals.failed,

@@ -243,17 +243,8 @@ impl Connection {
     }
 }
 
-/// Opens `url` (`http://host:port/path?query`) from `local` and sends the request.
-/// A non-2xx answer is an error naming its status and body.
-pub async fn open(
-    url: &reqwest::Url,
-    local: Option<IpAddr>,
-    token: Option<&str>,
-) -> Result<RawStream, String> {
-    open_with(url, local, token, &StreamOptions::default()).await
-}
-
-/// [`open`], with a connection made as `options` asks.
+/// Opens `url` (`http://host:port/path?query`) from `local` and sends the request, with a
+/// connection made as `options` asks. A non-2xx answer is an error naming its status and body.
 pub async fn open_with(
     url: &reqwest::Url,
     local: Option<IpAddr>,

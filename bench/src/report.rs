@@ -58,6 +58,27 @@ pub struct Results {
     pub snapshot_seconds: Option<f64>,
     /// Server memory after each step of `--memory-step` subscribers.
     pub memory_series: Vec<MemoryPoint>,
+    /// Subscribers that opened their stream again on another node (`--reconnect`).
+    pub reconnected: usize,
+    /// From `--kill-pid`'s kill until the last of them was live again, seconds.
+    pub failover_seconds: Option<f64>,
+    /// Each node's memory, when `--node-pids` named the nodes of a cluster.
+    pub nodes: Vec<NodeMemory>,
+}
+
+/// One cluster node's memory over a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeMemory {
+    /// The node's pid.
+    pub pid: u32,
+    /// Subscribers connected to it (those whose URL was its).
+    pub subscribers: usize,
+    /// RSS before the subscribers connected, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// RSS with every subscriber connected and idle, KiB.
+    pub rss_idle_kib: Option<u64>,
+    /// RSS at the end, KiB.
+    pub rss_end_kib: Option<u64>,
 }
 
 /// Server memory with this many idle subscribers connected.
@@ -187,6 +208,12 @@ impl Results {
                 ),
             ),
         ]);
+        if a.reconnect {
+            rows.push((
+                "failover: subscribers reconnected, last live again after the kill",
+                format!("{} , {}", self.reconnected, opt(self.failover_seconds, "s")),
+            ));
+        }
         if let Some(s) = self.snapshot_seconds {
             rows.push((
                 "snapshot",
@@ -196,6 +223,27 @@ impl Results {
         let mut out = format!("| {} | |\n|---|---|\n", a.label);
         for (k, v) in rows {
             out.push_str(&format!("| {k} | {v} |\n"));
+        }
+        if !self.nodes.is_empty() {
+            out.push_str("\n| node (pid) | subscribers | RSS before / idle / end | per idle subscriber |\n|---|---|---|---|\n");
+            let mib = |v: Option<u64>| opt(v.map(|v| v as f64 / 1024.0), "MiB");
+            for (i, n) in self.nodes.iter().enumerate() {
+                let per = n
+                    .rss_before_kib
+                    .zip(n.rss_idle_kib)
+                    .filter(|_| n.subscribers > 0)
+                    .map(|(b, i)| (i.saturating_sub(b) * 1024) as f64 / n.subscribers as f64);
+                out.push_str(&format!(
+                    "| {} ({}) | {} | {} / {} / {} | {} |\n",
+                    i + 1,
+                    n.pid,
+                    n.subscribers,
+                    mib(n.rss_before_kib),
+                    mib(n.rss_idle_kib),
+                    mib(n.rss_end_kib),
+                    opt(per, "B")
+                ));
+            }
         }
         if !self.memory_series.is_empty() {
             out.push_str("\n| idle subscribers | server RSS | per subscriber over the first step |\n|---|---|---|\n");

@@ -26,6 +26,10 @@ pub struct Progress {
     pub failed: AtomicBool,
     /// Why it failed.
     pub error: std::sync::OnceLock<String>,
+    /// Times its stream was opened again after it ended (`--reconnect`).
+    pub reconnects: AtomicU64,
+    /// When it was last opened again, µs since the Unix epoch (0: never).
+    pub reconnected_us: AtomicU64,
 }
 
 /// Everything a subscriber needs.
@@ -34,6 +38,9 @@ pub struct Subscriber {
     pub wire: Wire,
     /// Stream URL.
     pub url: String,
+    /// With `--reconnect`: the stream URLs of the other nodes, tried in turn after `url`
+    /// (empty: no reconnecting).
+    pub fallbacks: Vec<String>,
     /// Bearer token (broker profile).
     pub token: Option<String>,
     /// How to connect.
@@ -88,11 +95,16 @@ impl Subscriber {
         }
     }
 
-    async fn open(&self) -> Result<Body, String> {
-        let url = reqwest::Url::parse(&self.url).map_err(|e| e.to_string())?;
+    async fn open(&self, url: &str, last_id: Option<&str>) -> Result<Body, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
         let http = match &self.conn {
             Conn::Raw(local) => {
-                let raw = raw_http::open(&url, *local, self.token.as_deref()).await?;
+                let options = raw_http::StreamOptions {
+                    last_event_id: last_id.map(str::to_owned),
+                    ..Default::default()
+                };
+                let raw =
+                    raw_http::open_with(&url, *local, self.token.as_deref(), &options).await?;
                 return Ok(Body::Raw(raw));
             }
             Conn::Client(http) => http,
@@ -100,6 +112,9 @@ impl Subscriber {
         let mut req = http.get(url).header("accept", "text/event-stream");
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
         }
         let resp = req.send().await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
@@ -113,21 +128,60 @@ impl Subscriber {
     }
 
     async fn stream(&self) -> Result<(), String> {
-        let mut body = self.open().await?;
-        let mut buf: Vec<u8> = Vec::new();
         let mut last_seq: Vec<Option<u64>> = vec![None; self.publishers];
+        let mut last_id: Option<String> = None;
+        let urls: Vec<&str> = std::iter::once(self.url.as_str())
+            .chain(self.fallbacks.iter().map(String::as_str))
+            .collect();
+        let mut at = 0;
+        let mut body = self.open(urls[0], None).await?;
+        loop {
+            let ended = self.read(&mut body, &mut last_seq, &mut last_id).await;
+            if self.fallbacks.is_empty() {
+                return ended;
+            }
+            // Failover: the next node, with Last-Event-ID, until one answers (for a minute).
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            body = loop {
+                at = (at + 1) % urls.len();
+                match self.open(urls[at], last_id.as_deref()).await {
+                    Ok(body) => break body,
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        return Err(format!("no node took the stream back: {e}"));
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            };
+            self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.progress
+                .reconnected_us
+                .fetch_max(now_us(), Ordering::Relaxed);
+        }
+    }
+
+    /// Reads one opened stream until it ends, keeping the last event id.
+    async fn read(
+        &self,
+        body: &mut Body,
+        last_seq: &mut [Option<u64>],
+        last_id: &mut Option<String>,
+    ) -> Result<(), String> {
+        let mut buf: Vec<u8> = Vec::new();
         let mut pending: Vec<u64> = Vec::with_capacity(256);
         while body.read_into(&mut buf).await? {
             // Everything in one read arrived at once: one clock reading serves all its events.
             let now = now_us();
             let mut start = 0;
-            while let Some((event, data, len)) = next_event(&buf[start..]) {
+            while let Some((event, data, id, len)) = next_event(&buf[start..]) {
+                if !id.is_empty() {
+                    *last_id = Some(String::from_utf8_lossy(id).into_owned());
+                }
                 if profile::is_synced(self.wire, event) {
                     self.progress.synced.store(true, Ordering::Release);
                 } else if !self.progress.synced.load(Ordering::Relaxed) {
                     // Snapshot (or lastEvent) of earlier runs: not part of this one.
                 } else if let Some(sample) = profile::parse(self.wire, event, data) {
-                    self.count(sample, now, &mut last_seq, &mut pending);
+                    self.count(sample, now, last_seq, &mut pending);
                 }
                 start += len;
             }
@@ -170,12 +224,15 @@ impl Subscriber {
     }
 }
 
-/// The first complete SSE event in `buf`: its `event` and (last) `data` field values, and the
-/// bytes it takes up to and including the blank line that ends it. `None` until one is whole.
-/// Comments and other fields are skipped; a block without fields (a keep-alive) has an empty
-/// event name.
-fn next_event(buf: &[u8]) -> Option<(&[u8], &[u8], usize)> {
-    let (mut event, mut data): (&[u8], &[u8]) = (b"", b"");
+/// An SSE event's `event`, `data` and `id` field values, and its length in bytes.
+type EventParts<'a> = (&'a [u8], &'a [u8], &'a [u8], usize);
+
+/// The first complete SSE event in `buf`: its `event`, (last) `data` and `id` field values,
+/// and the bytes it takes up to and including the blank line that ends it. `None` until one is
+/// whole. Comments and other fields are skipped; a block without fields (a keep-alive) has an
+/// empty event name.
+fn next_event(buf: &[u8]) -> Option<EventParts<'_>> {
+    let (mut event, mut data, mut id): (&[u8], &[u8], &[u8]) = (b"", b"", b"");
     let mut at = 0;
     loop {
         let end = at + memchr::memchr(b'\n', &buf[at..])?;
@@ -183,9 +240,11 @@ fn next_event(buf: &[u8]) -> Option<(&[u8], &[u8], usize)> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         at = end + 1;
         if line.is_empty() {
-            return Some((event, data, at));
+            return Some((event, data, id, at));
         }
-        if let Some(v) = line.strip_prefix(b"event: ") {
+        if let Some(v) = line.strip_prefix(b"id: ") {
+            id = v;
+        } else if let Some(v) = line.strip_prefix(b"event: ") {
             event = v;
         } else if let Some(v) = line.strip_prefix(b"data: ") {
             data = v;
@@ -200,10 +259,11 @@ mod tests {
     #[test]
     fn events_are_read_whole_and_in_place() {
         let buf = b": keep-alive\n\nid: 7\r\nevent: bench\r\ndata: {\"p\":0}\r\n\r\nevent: x\n";
-        let (event, data, len) = next_event(buf).expect("the comment block");
+        let (event, data, _, len) = next_event(buf).expect("the comment block");
         assert_eq!((event, data, len), (&b""[..], &b""[..], 14));
-        let (event, data, second) = next_event(&buf[len..]).expect("the event");
+        let (event, data, id, second) = next_event(&buf[len..]).expect("the event");
         assert_eq!((event, data), (&b"bench"[..], &b"{\"p\":0}"[..]));
+        assert_eq!(id, b"7");
         assert_eq!(
             next_event(&buf[len + second..]),
             None,

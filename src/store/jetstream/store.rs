@@ -259,6 +259,16 @@ impl JetStreamStore {
         Ok(())
     }
 
+    /// The connection to NATS, for what cluster mode shares outside JetStream (presence).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
+    /// `--nats-prefix`: every stream, bucket and subject name starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn subject(&self, channel: &str, event: &str) -> String {
         format!(
             "{}.{}.{}",
