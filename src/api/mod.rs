@@ -8,6 +8,7 @@
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
+//! - [`crate::mercure`]: the Mercure hub, `GET` and `POST /.well-known/mercure`
 //! - [`demo`]: the demo page at `/demo` (with `--demo`)
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
     };
     // `/users/me` shadows `/users/{username}` for a user named `me`.
     let me = get(account::me).delete(users::revoke_user_named_me);
+    let mercure = get(crate::mercure::subscribe::subscribe).post(crate::mercure::publish::publish);
     Router::new()
         .merge(demo)
         .route("/", get(health::health).head(health::health))
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/publish", post(compat::publish))
         .route("/lastEvent", get(compat::last_event))
         .route("/presence", get(compat::presence))
+        .route("/.well-known/mercure", mercure)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
