@@ -148,10 +148,16 @@ async fn resume(state: &AppState, requested: Option<&str>) -> Result<(Start, Str
         return Ok(earliest());
     }
     if crate::names::check_event(value).is_ok() {
+        // The earliest update with this id, should two nodes have stored it at once.
+        let mut found = None;
         for channel in [PUBLIC_CHANNEL, PRIVATE_CHANNEL] {
-            if let Some(record) = state.store.latest_of(channel, value).await? {
-                return Ok((Start::After(record.id), value.to_owned()));
+            let first = state.store.versions(channel, value, 0, 1, 64 * 1024).await?;
+            if let Some(record) = first.first() {
+                found = Some(found.map_or(record.id, |id: u64| id.min(record.id)));
             }
+        }
+        if let Some(id) = found {
+            return Ok((Start::After(id), value.to_owned()));
         }
     }
     if let Ok(id) = value.parse::<u64>()
