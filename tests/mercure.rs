@@ -839,3 +839,39 @@ async fn broker_tokens_publish_by_channel_grants_and_subscriptions_keep_alive() 
     .expect("a keep-alive");
     assert_eq!(comment, "keep-alive");
 }
+
+#[tokio::test]
+async fn subscriptions_take_the_lean_stream_path() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = hub(&["--mercure-anonymous"]);
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /.well-known/mercure?match=https%3A%2F%2Fexample.com%2Fl HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut published = false;
+    while !String::from_utf8_lossy(&seen).contains("data: lean") {
+        let n = tokio::time::timeout(TIMEOUT, tcp.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        // Publish once the head is in: the subscription is registered by then.
+        if !published && String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+            let form = [("topic", "https://example.com/l"), ("data", "lean")];
+            publish_ok(&server, &form).await;
+            published = true;
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let (head, _) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    // Written by the lean stream writer (src/stream_conn.rs), which closes the connection
+    // when the stream ends; the general server keeps connections alive instead.
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+}

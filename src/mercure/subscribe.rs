@@ -151,7 +151,10 @@ async fn resume(state: &AppState, requested: Option<&str>) -> Result<(Start, Str
         // The earliest update with this id, should two nodes have stored it at once.
         let mut found = None;
         for channel in [PUBLIC_CHANNEL, PRIVATE_CHANNEL] {
-            let first = state.store.versions(channel, value, 0, 1, 64 * 1024).await?;
+            let first = state
+                .store
+                .versions(channel, value, 0, 1, 64 * 1024)
+                .await?;
             if let Some(record) = first.first() {
                 found = Some(found.map_or(record.id, |id: u64| id.min(record.id)));
             }
