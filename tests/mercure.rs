@@ -875,3 +875,24 @@ async fn subscriptions_take_the_lean_stream_path() {
     assert!(head.contains("connection: close"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
 }
+
+#[tokio::test]
+async fn protected_resource_metadata() {
+    let server = hub(&[
+        "--mercure-audience",
+        "https://hub.example/.well-known/mercure",
+    ]);
+    let resp = client()
+        .get(server.url("/.well-known/oauth-protected-resource/.well-known/mercure"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value = resp.json().await.expect("json");
+    assert_eq!(doc["resource"], "https://hub.example/.well-known/mercure");
+    assert_eq!(
+        doc["authorization_details_types_supported"],
+        json!(["https://mercure.rocks/authorization-detail"])
+    );
+    assert_eq!(doc["mercure_cookie"], "mercureAuthorization");
+}

@@ -13,11 +13,13 @@
 //! - [`update`]: updates as records, records as Mercure frames
 //! - [`subscribe`]: `GET /.well-known/mercure`
 //! - [`publish`]: `POST /.well-known/mercure`
+//! - [`metadata`]: the protected resource metadata (RFC 9728)
 
 pub mod access;
 pub mod bearer;
 pub mod config;
 pub mod matcher;
+pub mod metadata;
 pub mod publish;
 pub mod subscribe;
 pub mod token;
@@ -31,6 +33,9 @@ use token::TokenKeys;
 
 /// Path of the hub.
 pub const HUB_PATH: &str = "/.well-known/mercure";
+/// Path of the hub's protected resource metadata (RFC 9728: the well-known prefix, then the
+/// hub's path).
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/.well-known/mercure";
 
 /// The hub's settings, shared by its handlers.
 pub struct Mercure {
