@@ -896,3 +896,97 @@ async fn protected_resource_metadata() {
     );
     assert_eq!(doc["mercure_cookie"], "mercureAuthorization");
 }
+
+#[tokio::test]
+async fn active_subscriptions_are_announced_and_listed() {
+    let server = hub(&["--mercure-subscriptions"]);
+    let watcher_token = access_token(
+        &["subscribe"],
+        json!([{"match": "/.well-known/mercure/subscriptions{/*}?", "match_type": "urlpattern"}]),
+    );
+    let q = query(&[(
+        "match_urlpattern",
+        "/.well-known/mercure/subscriptions/:type/:match/:subscriber",
+    )]);
+    let mut watcher = subscribe(&server, &q, Some(&watcher_token)).await;
+    let own = watcher.next_event().await;
+    assert_eq!(own.event, "mercure");
+    let subscriber = subscribe(
+        &server,
+        "match=https%3A%2F%2Fexample.com%2Fwatched",
+        Some(&legacy(&[], &["*"])),
+    )
+    .await;
+    let created = watcher.next_event().await;
+    assert_eq!(created.event, "mercure");
+    let doc = created.json();
+    assert_eq!(doc["type"], "subscription");
+    assert_eq!(doc["match_type"], "exact");
+    assert_eq!(doc["match"], "https://example.com/watched");
+    assert_eq!(doc["active"], true);
+    let id = doc["id"].as_str().expect("id").to_owned();
+    assert!(
+        id.starts_with("/.well-known/mercure/subscriptions/exact/https%3A%2F%2Fexample.com%2Fwatched/urn%3Auuid%3A"),
+        "{id}"
+    );
+
+    // The API: the collection, one matcher's, and the subscription itself.
+    let token = watcher_token.clone();
+    let get = |path: String| get_json(&server, token.clone(), path);
+    let (status, link, all) = get("/.well-known/mercure/subscriptions".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        link.expect("link")
+            .contains("rel=\"mercure\"; last-event-id=")
+    );
+    assert_eq!(all["type"], "subscriptions");
+    assert_eq!(all["subscriptions"].as_array().expect("array").len(), 2);
+    let (_, _, one_matcher) =
+        get("/.well-known/mercure/subscriptions/exact/https%3A%2F%2Fexample.com%2Fwatched".into())
+            .await;
+    assert_eq!(one_matcher["subscriptions"][0]["id"], id.as_str());
+    let (status, _, single) = get(id.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(single, doc);
+    // Without a grant on the path: 403.
+    let resp = client()
+        .get(server.url("/.well-known/mercure/subscriptions"))
+        .bearer_auth(legacy(&[], &["https://example.com/watched"]))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // The subscription ends: announced inactive, and gone from the API.
+    drop(subscriber);
+    let ended = watcher.next_event().await.json();
+    assert_eq!(
+        (ended["id"].as_str(), ended["active"].as_bool()),
+        (Some(id.as_str()), Some(false))
+    );
+    let (status, _, _) = get(id).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// `GET path` with a bearer token: status, `Link` header and JSON body.
+async fn get_json(
+    server: &Server,
+    token: String,
+    path: String,
+) -> (StatusCode, Option<String>, Value) {
+    let resp = client()
+        .get(server.url(&path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("get");
+    let link = resp
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    (
+        resp.status(),
+        link,
+        resp.json::<Value>().await.unwrap_or(Value::Null),
+    )
+}

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     let me = get(account::me).delete(users::revoke_user_named_me);
     let mercure = get(crate::mercure::subscribe::subscribe).post(crate::mercure::publish::publish);
     let metadata = get(crate::mercure::metadata::metadata);
+    let subscriptions = get(crate::mercure::subscriptions::subscriptions);
     Router::new()
         .merge(demo)
         .route("/", get(health::health).head(health::health))
@@ -69,6 +70,15 @@ pub fn router(state: AppState) -> Router {
         .route("/lastEvent", get(compat::last_event))
         .route("/presence", get(compat::presence))
         .route("/.well-known/mercure", mercure)
+        .route("/.well-known/mercure/subscriptions", subscriptions.clone())
+        .route(
+            "/.well-known/mercure/subscriptions/{match_type}/{match}",
+            subscriptions.clone(),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}",
+            subscriptions,
+        )
         .route(
             "/.well-known/oauth-protected-resource/.well-known/mercure",
             metadata,

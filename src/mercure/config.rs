@@ -41,6 +41,14 @@ pub struct MercureConfig {
     #[arg(long, env = "BROKER_MERCURE_AUDIENCE")]
     pub mercure_audience: Option<String>,
 
+    /// Active subscriptions: subscription events on
+    /// `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}` topics and the
+    /// subscriptions API (this node's subscriptions).
+    #[arg(long, env = "BROKER_MERCURE_SUBSCRIPTIONS", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub mercure_subscriptions: bool,
+
     /// Subscribers without a token may subscribe, and receive public updates.
     #[arg(long, env = "BROKER_MERCURE_ANONYMOUS", default_value_t = false,
           num_args = 0..=1, default_missing_value = "true",

@@ -13,6 +13,7 @@
 //! - [`update`]: updates as records, records as Mercure frames
 //! - [`subscribe`]: `GET /.well-known/mercure`
 //! - [`publish`]: `POST /.well-known/mercure`
+//! - [`subscriptions`]: active subscriptions (events and API)
 //! - [`metadata`]: the protected resource metadata (RFC 9728)
 
 pub mod access;
@@ -22,6 +23,7 @@ pub mod matcher;
 pub mod metadata;
 pub mod publish;
 pub mod subscribe;
+pub mod subscriptions;
 pub mod token;
 pub mod update;
 
@@ -43,6 +45,10 @@ pub struct Mercure {
     pub keys: TokenKeys,
     /// `--mercure-anonymous`.
     pub anonymous: bool,
+    /// `--mercure-subscriptions`.
+    pub active_subscriptions: bool,
+    /// This node's active subscriptions.
+    pub subscriptions: subscriptions::Registry,
     /// Held while a publish with its own id checks that the id is new and stores it, so two
     /// publishes of one id on this node cannot both pass the check.
     publish_ids: tokio::sync::Mutex<()>,
@@ -57,6 +63,8 @@ impl Mercure {
         Ok(Self {
             keys: TokenKeys::new(config)?,
             anonymous: config.mercure_anonymous,
+            active_subscriptions: config.mercure_subscriptions,
+            subscriptions: subscriptions::Registry::default(),
             publish_ids: tokio::sync::Mutex::new(()),
         })
     }
@@ -67,6 +75,8 @@ impl Default for Mercure {
         Self {
             keys: TokenKeys::default(),
             anonymous: false,
+            active_subscriptions: false,
+            subscriptions: subscriptions::Registry::default(),
             publish_ids: tokio::sync::Mutex::new(()),
         }
     }

@@ -119,8 +119,8 @@ async fn append(
     Ok(id)
 }
 
-/// `urn:uuid:` and a random (version 4) UUID.
-fn generated_id() -> String {
+/// A generated update id: `urn:uuid:` and a random (version 4) UUID.
+pub fn generated_id() -> String {
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;

@@ -40,7 +40,11 @@ pub async fn subscribe(
     let query = parts.uri.query().unwrap_or("");
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|_| ApiError::bad_request("malformed query string"))?;
-    let (selectors, query_cursor) = parse_query(&pairs, &base)?;
+    let Parsed {
+        selectors,
+        described,
+        cursor: query_cursor,
+    } = parse_query(&pairs, &base)?;
     let identity = access::identify(&state, &parts, Role::Subscribe, &base).await?;
     let header_cursor = parts
         .headers
@@ -63,7 +67,12 @@ pub async fn subscribe(
             base,
         })),
     };
-    let subscription = Subscription::new(&state, options, slot);
+    let mut subscription = Subscription::new(&state, options, slot);
+    if state.mercure.active_subscriptions {
+        let subscriber = super::publish::generated_id();
+        let announced = super::subscriptions::announce(&state, &described, subscriber).await?;
+        subscription = subscription.with_guard(Box::new(announced));
+    }
     let mut response = sse_response(stream_body(subscription.into_stream(), per_ip));
     if let Ok(value) = HeaderValue::from_str(&preceding) {
         let headers = response.headers_mut();
@@ -80,18 +89,16 @@ pub async fn subscribe(
 }
 
 /// The matchers and the query's resume point (`last_event_id`, else `lastEventID`).
-fn parse_query(
-    pairs: &[(String, String)],
-    base: &Url,
-) -> Result<(Vec<Matcher>, Option<String>), ApiError> {
+fn parse_query(pairs: &[(String, String)], base: &Url) -> Result<Parsed, ApiError> {
     let mut selectors = Vec::new();
+    let mut described = Vec::new();
     let mut cursor = None;
     let mut legacy_cursor = None;
     for (name, value) in pairs {
-        let matcher = match name.as_str() {
-            "match" | "match_exact" => Matcher::exact(value),
-            "match_urlpattern" => Matcher::url_pattern(value, base),
-            "topic" => Matcher::selector(value),
+        let (kind, matcher) = match name.as_str() {
+            "match" | "match_exact" => ("exact", Matcher::exact(value)),
+            "match_urlpattern" => ("urlpattern", Matcher::url_pattern(value, base)),
+            "topic" => ("exact", Matcher::selector(value)),
             "last_event_id" => {
                 cursor.get_or_insert_with(|| value.clone());
                 continue;
@@ -108,6 +115,7 @@ fn parse_query(
             _ => continue,
         };
         selectors.push(matcher.map_err(ApiError::bad_request)?);
+        described.push((kind, value.clone()));
         if selectors.len() > MAX_MATCHERS {
             return Err(ApiError::bad_request(format!(
                 "at most {MAX_MATCHERS} topic matchers per subscription"
@@ -119,7 +127,40 @@ fn parse_query(
             "at least one match, match_urlpattern or topic parameter is required",
         ));
     }
-    Ok((selectors, cursor.or(legacy_cursor)))
+    Ok(Parsed {
+        selectors,
+        described,
+        cursor: cursor.or(legacy_cursor),
+    })
+}
+
+/// A subscription's query: its matchers, each as `(match_type, match)`, and its resume point.
+struct Parsed {
+    selectors: Vec<Matcher>,
+    described: Vec<(&'static str, String)>,
+    cursor: Option<String>,
+}
+
+/// The id of the newest update, as a Mercure client names it; `earliest` when there is none.
+///
+/// # Errors
+/// A store failure.
+pub async fn newest_id(state: &AppState) -> Result<String, ApiError> {
+    let last = state.store.last_id().await?;
+    newest_id_of(state, last).await
+}
+
+/// The Mercure id of record `last`: a public update's own id, otherwise the record id (which
+/// names no private update's id).
+async fn newest_id_of(state: &AppState, last: u64) -> Result<String, ApiError> {
+    if last == 0 {
+        return Ok("earliest".to_owned());
+    }
+    let records = state.store.records(vec![last], 64 * 1024).await?;
+    Ok(records
+        .first()
+        .filter(|r| r.channel == PUBLIC_CHANNEL)
+        .map_or_else(|| last.to_string(), |r| update::mercure_id(r)))
 }
 
 /// Where the stream starts for a requested resume point, and the id of the update preceding
@@ -131,18 +172,7 @@ async fn resume(state: &AppState, requested: Option<&str>) -> Result<(Start, Str
         // stream registers with the hub, it is where the stream's replay starts, so nothing
         // committed in between is missed.
         let last = state.store.last_id().await?;
-        let preceding = if last == 0 {
-            "earliest".to_owned()
-        } else {
-            let records = state.store.records(vec![last], 64 * 1024).await?;
-            // A public update's own id; otherwise the record id, which names no private
-            // update's id.
-            records
-                .first()
-                .filter(|r| r.channel == PUBLIC_CHANNEL)
-                .map_or_else(|| last.to_string(), |r| update::mercure_id(r))
-        };
-        return Ok((Start::After(last), preceding));
+        return Ok((Start::After(last), newest_id_of(state, last).await?));
     };
     if value.is_empty() || value == "earliest" || has_forbidden_chars(value) {
         return Ok(earliest());

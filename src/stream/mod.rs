@@ -105,6 +105,9 @@ pub struct Subscription {
     _slot: StreamSlot,
     /// Presence membership of a node-sse-server client, left when the stream is dropped.
     _presence: Option<PresenceGuard>,
+    /// Anything else the stream keeps until it ends (a Mercure subscription's registration,
+    /// whose drop announces the end of the subscription).
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// A large commit's shared frames, taken from the hub after a write was already being
     /// gathered: they go out as the next write, on their own, rather than copied into it.
     next_out: Option<Bytes>,
@@ -139,8 +142,15 @@ impl Subscription {
             shutdown: state.shutdown.clone(),
             _slot: slot,
             _presence: None,
+            _guard: None,
             next_out: None,
         }
+    }
+
+    /// Keeps `guard` until the stream is dropped.
+    pub fn with_guard(mut self, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        self._guard = Some(guard);
+        self
     }
 
     /// Keeps the client in the presence registry for as long as the stream lives.
