@@ -990,3 +990,52 @@ async fn get_json(
         resp.json::<Value>().await.unwrap_or(Value::Null),
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_works_across_cluster_nodes() {
+    let cluster = common::nats::NatsCluster::start();
+    let urls = cluster.urls();
+    let replicas = cluster.len().to_string();
+    let nodes: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::start(&[
+                "--nats",
+                &urls,
+                "--nats-replicas",
+                &replicas,
+                "--mercure-jwt-key",
+                SECRET,
+            ])
+        })
+        .collect();
+    let sub = legacy(&[], &["*"]);
+    let q = "match=https%3A%2F%2Fexample.com%2Fc";
+    let mut on_b = subscribe(&nodes[1], q, Some(&sub)).await;
+    let form = [
+        ("topic", "https://example.com/c"),
+        ("id", "urn:c:1"),
+        ("private", ""),
+        ("data", "one"),
+    ];
+    let (status, id, _) = publish(&nodes[0], Some(&publisher()), &form).await;
+    assert_eq!((status, id.as_str()), (StatusCode::OK, "urn:c:1"));
+    let event = next(&mut on_b).await;
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some("urn:c:1"), "one")
+    );
+    // The id is taken on every node.
+    let (status, _, _) = publish(&nodes[1], Some(&publisher()), &form).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // A custom id resumes on another node.
+    publish(
+        &nodes[1],
+        Some(&publisher()),
+        &[("topic", "https://example.com/c"), ("data", "two")],
+    )
+    .await;
+    let resp = subscribe_request(&nodes[0], q, Some(&sub), Some("urn:c:1")).await;
+    assert_eq!(resp.headers()["mercure-last-event-id"], "urn:c:1");
+    let mut on_a = SseStream::from_response(resp);
+    assert_eq!(next(&mut on_a).await.data, "two");
+}
