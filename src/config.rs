@@ -283,6 +283,10 @@ pub struct Config {
     /// NATS (letters, digits, `-` and `_`).
     #[arg(long, env = "BROKER_NATS_PREFIX", default_value = "broker")]
     pub nats_prefix: String,
+
+    /// The Mercure hub's flags (`--mercure-*`).
+    #[command(flatten)]
+    pub mercure: crate::mercure::MercureConfig,
 }
 
 /// Database directory of [`crate::broker_run`], as in the original Broker ("`./tmp` of the

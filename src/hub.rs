@@ -218,7 +218,7 @@ pub struct CommitRecords {
     records: Box<[Arc<Record>]>,
     /// Whether every record is of the first record's channel.
     one_channel: bool,
-    frames: [OnceLock<Bytes>; 3],
+    frames: [OnceLock<Bytes>; crate::sse::FORMATS],
 }
 
 impl CommitRecords {

@@ -15,6 +15,7 @@
 //!   eviction of the oldest waiting connection
 //! - [`limits`]: the open-file limit and the connection and stream caps below it
 //! - [`store`]: the [`Store`](store::Store) trait and the embedded `redb` store (group commit)
+//! - [`mercure`]: the Mercure hub at `/.well-known/mercure` (its updates are records)
 //! - [`hub`]: live fan-out of committed records to the streams
 //! - [`presence`]: who is connected (node-sse-server's online presence), coalesced announcements
 //! - [`stream`]: one subscriber's stream: snapshot or replay, then live, with no gap
@@ -40,6 +41,7 @@ pub mod conn;
 pub mod error;
 pub mod hub;
 pub mod limits;
+pub mod mercure;
 pub mod metrics;
 pub mod names;
 pub mod presence;

@@ -135,13 +135,15 @@ impl App {
                 "authentication is off (--no-auth): anyone can read and write every channel"
             );
         }
-        let state = AppState::new(
+        let mercure = crate::mercure::Mercure::new(&config.mercure).map_err(Error::Config)?;
+        let mut state = AppState::new(
             Arc::new(config),
             store,
             hub.clone(),
             auth,
             Arc::new(Metrics::new()),
         );
+        state.mercure = Arc::new(mercure);
         tokio::spawn(state.presence.clone().announce(hub, state.shutdown.clone()));
         if let Some(cluster) = &cluster {
             // Joins and leaves reach every node; another node's clients leave when it dies.

@@ -15,7 +15,12 @@ pub enum Format {
     Envelope = 1,
     /// node-sse-server's `{"channelName","type","payload"}` (`GET /subscribe`).
     Compat = 2,
+    /// The Mercure wire (`GET /.well-known/mercure`): see [`crate::mercure::update::frame`].
+    Mercure = 3,
 }
+
+/// How many formats there are: the size of the per-record and per-commit frame caches.
+pub const FORMATS: usize = 4;
 
 /// The SSE frame of a record, encoded once per record and format and shared by every
 /// subscriber.
@@ -47,6 +52,7 @@ fn encode_record(record: &Record, format: Format) -> Bytes {
             let json = serde_json::to_string(&body).unwrap_or_else(|_| "null".into());
             event(Some(&id), &record.event, &json)
         }
+        Format::Mercure => crate::mercure::update::frame(record),
         Format::Compat => {
             let payload = payload_string(&record.data);
             let data = compat_data(Some(&record.channel), &record.event, &payload);

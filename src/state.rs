@@ -9,6 +9,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::PerIp;
 use crate::hub::Hub;
+use crate::mercure::Mercure;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::store::Store;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Connected node-sse-server clients.
     pub presence: Arc<Presence>,
+    /// The Mercure hub's keys and settings.
+    pub mercure: Arc<Mercure>,
     /// Open event streams per client address (`--max-streams-per-ip`).
     pub streams_per_ip: Arc<PerIp>,
     /// Cancelled when shutdown begins: streams end, `/ready` turns 503.
@@ -53,6 +56,7 @@ impl AppState {
             auth,
             metrics,
             presence: Presence::new(),
+            mercure: Arc::new(Mercure::default()),
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(true)),
         }

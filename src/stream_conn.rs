@@ -4,7 +4,7 @@
 //! a read buffer and a write buffer of several KiB each for its whole life, which for a
 //! long-lived event stream is most of its memory. So plain-HTTP connections are looked at
 //! before the general HTTP server gets them: when the first bytes are one complete `GET` of a
-//! stream route (`/events`, `/sse`, `/subscribe`) with no body, the request is answered here.
+//! stream route (`/events`, `/sse`, `/subscribe`, `/.well-known/mercure`) with no body, the request is answered here.
 //! It still goes through the same router (authentication, CORS, errors, tracing); only the
 //! response is written by this module: the status line and headers, then each body chunk
 //! straight from the stream's own buffer with chunked encoding, while a 64-byte read watches
@@ -42,7 +42,7 @@ const MAX_HEADERS: usize = 48;
 /// configured otherwise.
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Routes served here (after the trailing slash is trimmed, as the router does).
-const STREAM_PATHS: [&str; 3] = ["/events", "/sse", "/subscribe"];
+const STREAM_PATHS: [&str; 4] = ["/events", "/sse", "/subscribe", "/.well-known/mercure"];
 
 /// The router as a cloneable service, as the server runs it.
 pub type Service =

@@ -33,9 +33,18 @@ pub struct AuditQuery {
     pub channel: Option<String>,
 }
 
+/// The channel asked for, once the caller is allowed to read it. The Mercure hub's channels
+/// (`$mercure`, `$mercure.private`) are readable here too: public updates by whoever may read
+/// the channel, private ones by admins only.
 fn channel_for(caller: &Caller, channel: Option<String>) -> Result<String, ApiError> {
     let channel = channel.unwrap_or_else(|| names::DEFAULT_CHANNEL.to_owned());
-    names::check_channel(&channel).map_err(ApiError::bad_request)?;
+    if channel == crate::mercure::update::PRIVATE_CHANNEL {
+        caller.require_admin()?;
+        return Ok(channel);
+    }
+    if channel != crate::mercure::update::PUBLIC_CHANNEL {
+        names::check_channel(&channel).map_err(ApiError::bad_request)?;
+    }
     caller.require_read(&channel)?;
     Ok(channel)
 }

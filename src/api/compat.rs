@@ -77,6 +77,7 @@ pub async fn subscribe(
         client_id: Some(client_id),
         start,
         expires_at: caller.expires_at,
+        record_filter: None,
     };
     let subscription = Subscription::new(&state, options, slot).with_presence(guard);
     Ok(sse_response(stream_body(

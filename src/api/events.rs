@@ -69,6 +69,7 @@ pub async fn events(
         client_id: None,
         start,
         expires_at: caller.expires_at,
+        record_filter: None,
     };
     let subscription = Subscription::new(&state, options, slot);
     Ok(sse_response(stream_body(

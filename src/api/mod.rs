@@ -8,6 +8,7 @@
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
+//! - [`crate::mercure`]: the Mercure hub, `GET` and `POST /.well-known/mercure`
 //! - [`demo`]: the demo page at `/demo` (with `--demo`)
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
@@ -43,6 +44,9 @@ pub fn router(state: AppState) -> Router {
     };
     // `/users/me` shadows `/users/{username}` for a user named `me`.
     let me = get(account::me).delete(users::revoke_user_named_me);
+    let mercure = get(crate::mercure::subscribe::subscribe).post(crate::mercure::publish::publish);
+    let metadata = get(crate::mercure::metadata::metadata);
+    let subscriptions = get(crate::mercure::subscriptions::subscriptions);
     Router::new()
         .merge(demo)
         .route("/", get(health::health).head(health::health))
@@ -65,6 +69,20 @@ pub fn router(state: AppState) -> Router {
         .route("/publish", post(compat::publish))
         .route("/lastEvent", get(compat::last_event))
         .route("/presence", get(compat::presence))
+        .route("/.well-known/mercure", mercure)
+        .route("/.well-known/mercure/subscriptions", subscriptions.clone())
+        .route(
+            "/.well-known/mercure/subscriptions/{match_type}/{match}",
+            subscriptions.clone(),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}",
+            subscriptions,
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            metadata,
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -129,10 +147,14 @@ mod tests {
             .cloned()
             .collect();
         documented.sort();
+        // The router's source, without these tests (which name `.route(` themselves).
         let source = include_str!("mod.rs");
+        let source = source.split("#[cfg(test)]").next().unwrap_or(source);
+        // A route's path is the string literal right after `.route(`, on its line or the next.
         let mut routed: Vec<String> = source
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
             .filter_map(|l| l.split('"').next())
             .map(str::to_owned)
             .collect();

@@ -43,7 +43,10 @@ pub struct Record {
     /// SSE frames of this record, encoded at most once and shared by every subscriber, one per
     /// [`crate::sse::Format`].
     #[serde(skip)]
-    pub(crate) frames: [OnceLock<Bytes>; 3],
+    pub(crate) frames: [OnceLock<Bytes>; crate::sse::FORMATS],
+    /// The record seen as a Mercure update, decoded at most once ([`crate::mercure::update::of`]).
+    #[serde(skip)]
+    pub(crate) mercure: OnceLock<Arc<crate::mercure::update::Update>>,
 }
 
 impl Record {
@@ -70,6 +73,7 @@ impl Record {
             user,
             data,
             frames: Default::default(),
+            mercure: OnceLock::new(),
         }
     }
 }

@@ -37,7 +37,7 @@ mod model_tests;
 mod options;
 
 use gather::Gather;
-pub use options::{ChannelFilter, Start, StreamOptions};
+pub use options::{ChannelFilter, RecordFilter, Start, StreamOptions};
 
 /// Records read from the store per page of a replay.
 const REPLAY_PAGE: usize = 1000;
@@ -105,6 +105,9 @@ pub struct Subscription {
     _slot: StreamSlot,
     /// Presence membership of a node-sse-server client, left when the stream is dropped.
     _presence: Option<PresenceGuard>,
+    /// Anything else the stream keeps until it ends (a Mercure subscription's registration,
+    /// whose drop announces the end of the subscription).
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// A large commit's shared frames, taken from the hub after a write was already being
     /// gathered: they go out as the next write, on their own, rather than copied into it.
     next_out: Option<Bytes>,
@@ -139,8 +142,15 @@ impl Subscription {
             shutdown: state.shutdown.clone(),
             _slot: slot,
             _presence: None,
+            _guard: None,
             next_out: None,
         }
+    }
+
+    /// Keeps `guard` until the stream is dropped.
+    pub fn with_guard(mut self, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        self._guard = Some(guard);
+        self
     }
 
     /// Keeps the client in the presence registry for as long as the stream lives.
@@ -216,7 +226,7 @@ impl Subscription {
                     let bytes: usize = page.iter().map(|r| r.size()).sum();
                     for record in &page {
                         self.cursor = record.id;
-                        if self.admits(&record.channel) {
+                        if self.admits_record(record) {
                             self.send(record, &mut chunk);
                         }
                     }
@@ -406,7 +416,7 @@ impl Subscription {
                 for record in records.records() {
                     if record.id > self.cursor {
                         self.cursor = record.id;
-                        if self.admits(&record.channel) {
+                        if self.admits_record(record) {
                             self.send(record, chunk);
                         }
                     }
@@ -439,7 +449,7 @@ impl Subscription {
             match self.rx.try_recv() {
                 Ok(message) => {
                     if let Some(reason) = self.accept(message, chunk) {
-                        chunk.put(end_frame(reason));
+                        chunk.put(self.end_frame(reason));
                         self.phase = Phase::Done;
                         return;
                     }
@@ -489,9 +499,21 @@ impl Subscription {
 
     /// Whether every record of `commit` goes to this stream.
     fn admits_all(&mut self, commit: &CommitRecords) -> bool {
+        if let Some(filter) = &self.options.record_filter {
+            return commit.records().iter().all(|r| filter.admits(r));
+        }
         match commit.channel() {
             Some(channel) => self.admits(channel),
             None => commit.records().iter().all(|r| self.admits(&r.channel)),
+        }
+    }
+
+    /// Whether `record` goes to this stream: its record filter decides when it has one, else
+    /// its channel.
+    fn admits_record(&mut self, record: &Record) -> bool {
+        match &self.options.record_filter {
+            Some(filter) => filter.admits(record),
+            None => self.admits(&record.channel),
         }
     }
 
@@ -521,7 +543,7 @@ impl Subscription {
     }
 
     fn put_synced(&self, chunk: &mut Gather) {
-        if self.options.format == Format::Compat {
+        if matches!(self.options.format, Format::Compat | Format::Mercure) {
             return;
         }
         // The id line makes `$synced` the resume point even when nothing was sent: a client
@@ -536,7 +558,17 @@ impl Subscription {
 
     fn end(&mut self, reason: &str) -> Bytes {
         self.phase = Phase::Done;
-        end_frame(reason)
+        self.end_frame(reason)
+    }
+
+    /// The last frame of a stream ended for `reason`: `$error`, or on a Mercure stream (which
+    /// has no such event) a comment.
+    fn end_frame(&self, reason: &str) -> Bytes {
+        if self.options.format == Format::Mercure {
+            sse::comment(reason)
+        } else {
+            end_frame(reason)
+        }
     }
 
     fn end_after(&mut self, mut chunk: Gather, reason: &str) -> Bytes {

@@ -245,6 +245,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         StartKind::After(id) => Start::After(id),
                     },
                     expires_at: None,
+                    record_filter: None,
                 };
                 let slot = state
                     .hub

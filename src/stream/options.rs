@@ -1,9 +1,11 @@
 //! How a stream is asked for: where it starts, which channels it carries, in which format.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::auth::Caller;
 use crate::sse::Format;
+use crate::store::Record;
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +49,12 @@ impl ChannelFilter {
         }
     }
 
-    /// Whether a record of `channel` goes to this stream.
+    /// Whether a record of `channel` goes to this stream. Private Mercure updates never do:
+    /// only a Mercure stream's [`RecordFilter`] may let them through.
     pub fn allows(&self, channel: &str) -> bool {
-        self.requested.as_ref().is_none_or(|r| r.contains(channel)) && self.caller.can_read(channel)
+        self.requested.as_ref().is_none_or(|r| r.contains(channel))
+            && channel != crate::mercure::update::PRIVATE_CHANNEL
+            && self.caller.can_read(channel)
     }
 
     /// The requested channels in the order asked for (`None`: every readable channel).
@@ -71,4 +76,13 @@ pub struct StreamOptions {
     pub start: Start,
     /// When the caller's credentials expire (Unix seconds): the stream ends then.
     pub expires_at: Option<u64>,
+    /// Decides record by record instead of the channel filter (Mercure: topics and private
+    /// updates).
+    pub record_filter: Option<Arc<dyn RecordFilter>>,
+}
+
+/// A stream's choice of records when channels alone do not decide it.
+pub trait RecordFilter: Send + Sync + std::fmt::Debug {
+    /// Whether `record` goes to the stream.
+    fn admits(&self, record: &Record) -> bool;
 }
