@@ -88,7 +88,9 @@ impl Server {
                 }
             }
         });
-        let url = match rx.recv_timeout(TIMEOUT) {
+        // Generous: on two cores a cluster node's start waits for its JetStream stream's
+        // replica groups while other tests start theirs.
+        let url = match rx.recv_timeout(TIMEOUT * 3) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();

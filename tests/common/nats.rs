@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{TIMEOUT, free_port};
@@ -27,6 +28,38 @@ pub fn nats_server_binary() -> PathBuf {
     path
 }
 
+/// Most clusters one test process runs at once. Every test of a binary runs at the same time;
+/// on two cores, a dozen 3-node clusters starting together (each electing its leaders) made
+/// Broker nodes wait past their start-up deadline. The others wait for a slot.
+const MAX_CLUSTERS_AT_ONCE: usize = 3;
+
+/// Clusters running in this process, and the tests waiting for a slot.
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A running cluster's place among [`MAX_CLUSTERS_AT_ONCE`], given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Self {
+        let (count, freed) = &RUNNING;
+        let mut running = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= MAX_CLUSTERS_AT_ONCE {
+            running = freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        Self
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING;
+        let mut running = count.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        freed.notify_one();
+    }
+}
+
 /// One node's fixed identity: its ports and storage survive a restart.
 struct Node {
     name: String,
@@ -42,6 +75,8 @@ pub struct NatsCluster {
     nodes: Vec<Node>,
     routes: String,
     _dir: tempfile::TempDir,
+    /// Dropped after the nodes are killed (see the `Drop` impl).
+    _slot: Slot,
 }
 
 impl NatsCluster {
@@ -54,6 +89,7 @@ impl NatsCluster {
     /// healthy, JetStream included.
     pub fn start_n(n: usize) -> Self {
         let binary = nats_server_binary();
+        let slot = Slot::take();
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
@@ -74,6 +110,7 @@ impl NatsCluster {
             nodes,
             routes,
             _dir: dir,
+            _slot: slot,
         };
         for i in 0..n {
             cluster.spawn(i, &binary);
