@@ -5,6 +5,7 @@
 //! - [`audit`]: `GET /audit/{event}`, `GET /history/{event}`
 //! - [`users`]: `POST /users`, `POST /login`, `DELETE /users/{username}`
 //! - [`account`]: `GET /users/me`, `POST /users/me/password`, `POST /logout`
+//! - [`totp`]: `POST /users/me/totp`, `.../confirm`, `.../disable` (the second factor)
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
@@ -20,6 +21,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod insert;
+pub mod totp;
 pub mod users;
 
 use axum::Router;
@@ -56,6 +58,9 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(account::logout))
         .route("/users/me", me)
         .route("/users/me/password", post(account::change_password))
+        .route("/users/me/totp", post(totp::enrol))
+        .route("/users/me/totp/confirm", post(totp::confirm))
+        .route("/users/me/totp/disable", post(totp::disable))
         .route("/insert", post(insert::insert))
         .route("/events", get(events::events))
         .route("/sse", get(events::events))

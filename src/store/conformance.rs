@@ -67,6 +67,7 @@ fn user(name: &str) -> User {
         created_at: 1,
         revoked: false,
         token_generation: 0,
+        totp: None,
     }
 }
 

@@ -122,6 +122,9 @@ pub struct User {
     /// user's current one: a password change or an `--admin` reset moves to the next.
     #[serde(default)]
     pub token_generation: u64,
+    /// The optional second factor (TOTP), pending or active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<crate::auth::totp::TotpState>,
 }
 
 /// Why a store operation failed.
