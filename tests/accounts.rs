@@ -1,6 +1,6 @@
 //! One's own account, black-box: the optional TOTP second factor (enrolment with an
-//! `otpauth://` URI, confirmation, login with a code, replay refused, Basic refused, disabling),
-//! with codes computed here from the secret as RFC 6238 describes.
+//! `otpauth://` URI, confirmation, login with a code, replay refused, Basic refused, disabling,
+//! removal by an admin), with codes computed here from the secret as RFC 6238 describes.
 
 mod common;
 
@@ -58,7 +58,8 @@ async fn enrol(api: &Api, token: &str, username: &str) -> String {
 
 #[tokio::test]
 async fn totp_second_factor() {
-    let server = Server::start(&[]);
+    let spec = format!("root:{PASSWORD}");
+    let server = Server::start(&["--admin", &spec]);
     let api = server.api();
     let token = api.user("ada").await;
     let (_, me) = api.get("/users/me", Some(&token)).await;
@@ -118,6 +119,21 @@ async fn totp_second_factor() {
     // Tokens issued before keep working.
     let (status, _) = api.get("/users/me", Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
+
+    // An admin removes the factor of a user who lost their authenticator.
+    let root = api.login("root").await;
+    let (status, user) = api.get("/users/ada", Some(&root)).await;
+    assert_eq!((status, &user["totp"]), (StatusCode::OK, &json!(true)));
+    let resp = api
+        .http
+        .patch(format!("{}/users/ada", api.base))
+        .bearer_auth(&root)
+        .json(&json!({"totp": false}))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), StatusCode::OK);
+    login_as_ok(&api, None).await;
 }
 
 /// Logs ada in (asserting 200).

@@ -5,6 +5,8 @@
 //! - [`audit`]: `GET /audit/{event}`, `GET /history/{event}`
 //! - [`users`]: `POST /users`, `POST /login`, `DELETE /users/{username}`
 //! - [`account`]: `GET /users/me`, `POST /users/me/password`, `POST /logout`
+//! - [`admin`]: `GET /users`, `GET`/`PATCH /users/{username}`, `POST /users/{username}/password`
+//! - [`channels`]: `GET /channels`, `GET /latest`
 //! - [`totp`]: `POST /users/me/totp`, `.../confirm`, `.../disable` (the second factor)
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
@@ -13,8 +15,10 @@
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
 pub mod account;
+pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod channels;
 pub mod compat;
 pub mod demo;
 pub mod events;
@@ -27,7 +31,7 @@ pub mod users;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -45,6 +49,9 @@ pub fn router(state: AppState) -> Router {
     };
     // `/users/me` shadows `/users/{username}` for a user named `me`.
     let me = get(account::me).delete(users::revoke_user_named_me);
+    let user = get(admin::get_user)
+        .patch(admin::patch_user)
+        .delete(users::revoke_user);
     Router::new()
         .merge(demo)
         .route("/", get(health::health).head(health::health))
@@ -52,8 +59,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
-        .route("/users", post(users::create_user))
-        .route("/users/{username}", delete(users::revoke_user))
+        .route("/users", get(admin::list_users).post(users::create_user))
+        .route("/users/{username}", user)
+        .route("/users/{username}/password", post(admin::reset_password))
+        .route("/channels", get(channels::list))
+        .route("/latest", get(channels::latest))
         .route("/login", post(users::login))
         .route("/logout", post(account::logout))
         .route("/users/me", me)
@@ -87,6 +97,7 @@ fn cors(origin: &str) -> CorsLayer {
             Method::HEAD,
             Method::POST,
             Method::PUT,
+            Method::PATCH,
             Method::DELETE,
             Method::OPTIONS,
         ])
