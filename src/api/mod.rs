@@ -12,6 +12,7 @@
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
 //! - [`demo`]: the demo page at `/demo` (with `--demo`)
+//! - [`console`]: the admin console at `/admin`; [`server_info`]: `GET /server` for it
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
 pub mod account;
@@ -20,11 +21,13 @@ pub mod audit;
 pub mod body;
 pub mod channels;
 pub mod compat;
+pub mod console;
 pub mod demo;
 pub mod events;
 pub mod extract;
 pub mod health;
 pub mod insert;
+pub mod server_info;
 pub mod totp;
 pub mod users;
 
@@ -52,8 +55,10 @@ pub fn router(state: AppState) -> Router {
     let user = get(admin::get_user)
         .patch(admin::patch_user)
         .delete(users::revoke_user);
+    server_info::mark_start();
     Router::new()
         .merge(demo)
+        .merge(console::routes())
         .route("/", get(health::health).head(health::health))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -64,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{username}/password", post(admin::reset_password))
         .route("/channels", get(channels::list))
         .route("/latest", get(channels::latest))
+        .route("/server", get(server_info::server))
         .route("/login", post(users::login))
         .route("/logout", post(account::logout))
         .route("/users/me", me)
