@@ -1,8 +1,10 @@
 // The admin console (`/admin`) in headless Debian chromium: admins only; create a user, narrow
 // their rights and see a 403 follow; an insert appears in the live tail (with filter and
-// pause); a revocation ends the user's open stream; the server page draws its charts.
+// pause); a revocation ends the user's open stream; presence by channel; the server page
+// draws its charts; an admin with a second factor is asked for the code.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startBroker, launchBrowser } from "./harness.mjs";
@@ -122,6 +124,17 @@ test("the console: users, rights, live tail, revocation, server charts", async (
     await page.waitForFunction(() => document.querySelector("#users-message").textContent === "Password of ada reset");
     const fresh = await login(broker, "ada", "a password root chose");
 
+    // Presence: a client connected through /subscribe shows under its channel.
+    const sub = await fetch(`${broker.url}/subscribe?channels=public&clientId=tab-1`, { headers: { Authorization: `Bearer ${fresh}` } });
+    assert.equal(sub.status, 200);
+    const subReader = sub.body.getReader();
+    await subReader.read();
+    await page.click("nav a[data-page=presence]");
+    await page.click("#presence-refresh");
+    await page.waitForFunction(() => document.querySelector("#presence-list").textContent.includes("tab-1"));
+    assert.match(await page.textContent("#presence-list"), /public \(1\)/);
+    await subReader.cancel();
+
     // The server page: version, store and charts drawn from /metrics.
     await page.click("nav a[data-page=server]");
     await page.waitForFunction(() => document.querySelector("#server-info").textContent.includes("embedded"));
@@ -139,3 +152,39 @@ test("the console: users, rights, live tail, revocation, server charts", async (
     await broker.stop();
   }
 });
+
+test("the console asks for the second factor of an admin who has one", async () => {
+  const broker = await startBroker(["--admin", `root:${PASSWORD}`]);
+  const browser = await launchBrowser();
+  try {
+    const root = await login(broker, "root");
+    const { body } = await call(broker, "POST", "/users/me/totp", root, {});
+    const code = (at) => totp(body.secret, at);
+    const now = Math.floor(Date.now() / 1000);
+    assert.equal((await call(broker, "POST", "/users/me/totp/confirm", root, { code: code(now) })).status, 200);
+
+    const page = await (await browser.newContext()).newPage();
+    await signIn(page, broker, "root");
+    await page.waitForSelector("#login-code-row:not([hidden])");
+    assert.equal(await page.textContent("#login-error"), "two-factor code required");
+    await page.fill("#login-code", code(now + 30));
+    await page.click("#login-form button[type=submit]");
+    await page.waitForSelector("#user-rows tr[data-user=root]");
+  } finally {
+    await browser.close();
+    await broker.stop();
+  }
+});
+
+/** RFC 6238 (HMAC-SHA-1, 30 s, 6 digits) for a base32 secret at Unix second `at`. */
+function totp(secret, at) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = "";
+  for (const ch of secret.replace(/=+$/, "")) bits += alphabet.indexOf(ch).toString(2).padStart(5, "0");
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(at / 30)));
+  const mac = createHmac("sha1", key).update(counter).digest();
+  const offset = mac[19] & 0x0f;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
+}
