@@ -38,10 +38,10 @@ run:
 demo:
 	$(CARGO) run --release -- --demo --no-auth
 
-## Refresh docs/demo.png from the browser test.
+## Refresh docs/demo.png and docs/console-*.png from the browser tests.
 screenshot: deps
 	$(CARGO) build
-	cd tests/browser && UPDATE_SCREENSHOT=1 node --test demo.test.mjs
+	cd tests/browser && UPDATE_SCREENSHOT=1 node --test demo.test.mjs console.test.mjs
 
 ## Load-test a release build: a quick suite (about two minutes) or the whole one.
 bench:

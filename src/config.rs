@@ -82,6 +82,30 @@ pub struct Config {
     #[arg(long, env = "BROKER_TLS_KEY", alias = "key_path")]
     pub tls_key: Option<PathBuf>,
 
+    /// Get certificates for these domains from an ACME directory (repeatable, or
+    /// comma-separated) and serve HTTPS with them: TLS-ALPN-01 on this port, renewed before
+    /// expiry. Replaces `--tls-cert`/`--tls-key`.
+    #[arg(long, env = "BROKER_ACME_DOMAIN", value_delimiter = ',')]
+    pub acme_domain: Vec<String>,
+
+    /// Contact address given to the ACME directory (expiry notices).
+    #[arg(long, env = "BROKER_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// ACME directory URL. Default: Let's Encrypt (production; staging with `--acme-staging`).
+    #[arg(long, env = "BROKER_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// Use Let's Encrypt's staging directory (untrusted certificates, generous rate limits).
+    #[arg(long, env = "BROKER_ACME_STAGING", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub acme_staging: bool,
+
+    /// PEM file of the roots to trust for the ACME directory's own HTTPS (a private directory);
+    /// default: the web's roots.
+    #[arg(long, env = "BROKER_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
+
     /// Turn authentication off: every endpoint is open to everyone (local development, demos).
     #[arg(long, env = "BROKER_NO_AUTH", num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -339,9 +363,14 @@ impl Config {
         }
     }
 
-    /// Whether TLS is served.
+    /// Whether TLS is served (from files or with ACME).
     pub fn tls_enabled(&self) -> bool {
-        self.secure || (self.tls_cert.is_some() && self.tls_key.is_some())
+        self.secure || (self.tls_cert.is_some() && self.tls_key.is_some()) || self.acme_enabled()
+    }
+
+    /// Whether certificates come from ACME (`--acme-domain`).
+    pub fn acme_enabled(&self) -> bool {
+        !self.acme_domain.is_empty()
     }
 
     /// Whether the login cookie is marked `Secure`: `--cookie-secure`, else whether TLS is served.
@@ -434,13 +463,53 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the ACME flags: domains given only with the others, and not with TLS files.
+    fn validate_acme(&self) -> Result<(), String> {
+        if !self.acme_enabled() {
+            let set = self.acme_email.is_some()
+                || self.acme_directory.is_some()
+                || self.acme_staging
+                || self.acme_ca_root.is_some();
+            if set {
+                return Err(
+                    "--acme-email, --acme-directory, --acme-staging and --acme-ca-root need \
+                     --acme-domain"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        if self.tls_cert.is_some() || self.tls_key.is_some() {
+            return Err(
+                "--acme-domain replaces --tls-cert and --tls-key: give one or the other".into(),
+            );
+        }
+        if self.acme_staging && self.acme_directory.is_some() {
+            return Err("--acme-staging and --acme-directory name different directories".into());
+        }
+        if let Some(bad) = self.acme_domain.iter().find(|d| {
+            d.is_empty()
+                || d.len() > 253
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+        }) {
+            return Err(format!("--acme-domain {bad:?} is not a domain name"));
+        }
+        Ok(())
+    }
+
     /// Checks combinations of flags that each look fine alone.
     ///
     /// # Errors
     /// A message naming the flag at fault.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_nats()?;
-        if self.tls_enabled() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+        self.validate_acme()?;
+        if self.tls_enabled()
+            && !self.acme_enabled()
+            && (self.tls_cert.is_none() || self.tls_key.is_none())
+        {
             return Err(
                 "--secure needs --tls-cert (--cert_path) and --tls-key (--key_path)".into(),
             );
@@ -503,6 +572,58 @@ mod tests {
     fn secure_without_files_is_refused() {
         let c = Config::try_parse_from(["broker", "--secure"]).expect("parses");
         assert!(c.validate().unwrap_err().contains("--tls-cert"));
+    }
+
+    #[test]
+    fn acme_flags() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["broker"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).expect("parses")
+        };
+        let c = parse(&[
+            "--acme-domain",
+            "a.example",
+            "--acme-domain",
+            "b.example,c.example",
+        ]);
+        assert_eq!(c.acme_domain, ["a.example", "b.example", "c.example"]);
+        assert!(c.acme_enabled() && c.tls_enabled() && c.cookie_secure());
+        assert!(c.validate().is_ok());
+        assert_eq!(crate::acme::directory(&c), crate::acme::LETS_ENCRYPT);
+        let c = parse(&["--acme-domain", "a.example", "--acme-staging"]);
+        assert_eq!(
+            crate::acme::directory(&c),
+            crate::acme::LETS_ENCRYPT_STAGING
+        );
+        for (args, says) in [
+            (&["--acme-email", "x@y.z"][..], "need --acme-domain"),
+            (
+                &[
+                    "--acme-domain",
+                    "a.example",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                ],
+                "replaces",
+            ),
+            (
+                &[
+                    "--acme-domain",
+                    "a.example",
+                    "--acme-staging",
+                    "--acme-directory",
+                    "u",
+                ],
+                "different directories",
+            ),
+            (&["--acme-domain", "a b"], "not a domain"),
+        ] {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
     }
 
     #[test]

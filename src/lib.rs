@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`config`]: the command line and environment ([`Config`])
 //! - [`server`]: opening an [`App`], serving it (HTTP or TLS), graceful shutdown
+//! - [`acme`]: automatic HTTPS: certificates from an ACME directory, renewed in place
 //! - [`api`]: the HTTP endpoints, one module per resource, and the router
 //! - [`auth`]: JWTs, password hashing, permissions, the caller extractor
 //! - [`client_ip`]: the client's address (peer, or `X-Forwarded-For` of a trusted proxy)
@@ -33,6 +34,7 @@
 //! # }
 //! ```
 
+pub mod acme;
 pub mod api;
 pub mod auth;
 pub mod client_ip;

@@ -246,6 +246,17 @@ pub async fn serve(
     let addr = SocketAddr::new(config.host, config.port);
     let reuse_port = config.reuse_port;
     let tls = match (config.tls_enabled(), &config.tls_cert, &config.tls_key) {
+        (true, _, _) if config.acme_enabled() => {
+            install_crypto_provider();
+            crate::auth::file_modes::create_private_dir(&config.db);
+            let server = crate::acme::start(&config).map_err(Error::Config)?;
+            tracing::info!(
+                domains = %config.acme_domain.join(","),
+                directory = crate::acme::directory(&config),
+                "certificates from ACME (TLS-ALPN-01)"
+            );
+            Some(RustlsConfig::from_config(Arc::new(server)))
+        }
         (true, Some(cert), Some(key)) => {
             install_crypto_provider();
             Some(RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {

@@ -548,7 +548,7 @@ async fn unknown_routes_and_wrong_methods_answer_json() {
         (reqwest::Method::DELETE, "/events", "GET"),
         (reqwest::Method::POST, "/events", "GET"),
         (reqwest::Method::GET, "/login", "POST"),
-        (reqwest::Method::GET, "/users", "POST"),
+        (reqwest::Method::PUT, "/users", "POST"),
         (reqwest::Method::POST, "/health", "GET"),
         (reqwest::Method::PATCH, "/history/e", "GET"),
     ] {

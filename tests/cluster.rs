@@ -708,3 +708,55 @@ async fn a_password_change_on_one_node_ends_the_users_streams_on_another() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_sees_and_changes_every_node() {
+    limited("the_admin_api_sees_and_changes_every_node", async {
+        let cluster = NatsCluster::start();
+        let a = node(&cluster, &["--admin", "root:rootpassword"]);
+        let b = node(&cluster, &[]);
+        let root = a.api().login_as("root", "rootpassword").await;
+        let ada = a.api().user("ada").await;
+        a.api().insert(&ada, "x", json!(1), Some("room")).await;
+        a.api().insert(&ada, "x", json!(2), Some("room")).await;
+        let last = a.api().insert(&ada, "y", json!(3), Some("room")).await;
+
+        let (status, page) = b.api().get("/users", Some(&root)).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+        let names: Vec<&str> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|u| u["username"].as_str())
+            .collect();
+        assert_eq!(names, ["ada", "root"]);
+        let (status, body) = b.api().get("/channels", Some(&root)).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        assert_eq!(
+            body["channels"],
+            json!([{"channel": "room", "records": 3, "events": 2,
+                "last_id": last["id"].as_str().expect("id").parse::<u64>().expect("id"),
+                "last_timestamp": last["timestamp"]}])
+        );
+
+        // Rights taken away on node b: ada's next insert on node a gets 403.
+        let resp = common::client()
+            .patch(b.url("/users/ada"))
+            .bearer_auth(&root)
+            .json(&json!({"write": ["public"]}))
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        let (status, body) = a
+            .api()
+            .post(
+                "/insert",
+                Some(&ada),
+                &json!({"event": "x", "data": 4, "channel": "room"}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+    })
+    .await;
+}

@@ -659,7 +659,7 @@ async fn a_password_change_ends_older_tokens_and_streams() {
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(
         me,
-        json!({"username": "ada", "admin": false, "read": ["*"], "write": ["*"]})
+        json!({"username": "ada", "admin": false, "read": ["*"], "write": ["*"], "totp": false})
     );
     let (status, _) = api
         .post(

@@ -14,15 +14,28 @@ use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// `GET /users/me`: who the caller is and what they may do (`username` is `null` for the
-/// anonymous caller of open mode).
-pub async fn me(caller: Caller) -> Json<Value> {
-    Json(json!({
+/// `GET /users/me`: who the caller is, what they may do, and whether they have an active
+/// second factor (`username` is `null` for the anonymous caller of open mode).
+///
+/// # Errors
+/// A store failure.
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let totp = match caller.user.as_deref() {
+        Some(username) => state
+            .store
+            .user(username)
+            .await?
+            .and_then(|u| u.totp)
+            .is_some_and(|t| t.active),
+        None => false,
+    };
+    Ok(Json(json!({
         "username": caller.user,
         "admin": caller.grants.admin,
         "read": caller.grants.read,
         "write": caller.grants.write,
-    }))
+        "totp": totp,
+    })))
 }
 
 /// Body of `POST /users/me/password`.

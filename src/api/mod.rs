@@ -5,28 +5,37 @@
 //! - [`audit`]: `GET /audit/{event}`, `GET /history/{event}`
 //! - [`users`]: `POST /users`, `POST /login`, `DELETE /users/{username}`
 //! - [`account`]: `GET /users/me`, `POST /users/me/password`, `POST /logout`
+//! - [`admin`]: `GET /users`, `GET`/`PATCH /users/{username}`, `POST /users/{username}/password`
+//! - [`channels`]: `GET /channels`, `GET /latest`
+//! - [`totp`]: `POST /users/me/totp`, `.../confirm`, `.../disable` (the second factor)
 //! - [`health`]: `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.json`
 //! - [`compat`]: node-sse-server's `GET /subscribe`, `POST /publish`, `GET /lastEvent`,
 //!   `GET /presence`
 //! - [`crate::mercure`]: the Mercure hub, `GET` and `POST /.well-known/mercure`
 //! - [`demo`]: the demo page at `/demo` (with `--demo`)
+//! - [`console`]: the admin console at `/admin`; [`server_info`]: `GET /server` for it
 //! - [`body`]: the JSON body extractor shared by the POST endpoints
 
 pub mod account;
+pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod channels;
 pub mod compat;
+pub mod console;
 pub mod demo;
 pub mod events;
 pub mod extract;
 pub mod health;
 pub mod insert;
+pub mod server_info;
+pub mod totp;
 pub mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -47,19 +56,31 @@ pub fn router(state: AppState) -> Router {
     let mercure = get(crate::mercure::subscribe::subscribe).post(crate::mercure::publish::publish);
     let metadata = get(crate::mercure::metadata::metadata);
     let subscriptions = get(crate::mercure::subscriptions::subscriptions);
+    let user = get(admin::get_user)
+        .patch(admin::patch_user)
+        .delete(users::revoke_user);
+    server_info::mark_start();
     Router::new()
         .merge(demo)
+        .merge(console::routes())
         .route("/", get(health::health).head(health::health))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
-        .route("/users", post(users::create_user))
-        .route("/users/{username}", delete(users::revoke_user))
+        .route("/users", get(admin::list_users).post(users::create_user))
+        .route("/users/{username}", user)
+        .route("/users/{username}/password", post(admin::reset_password))
+        .route("/channels", get(channels::list))
+        .route("/latest", get(channels::latest))
+        .route("/server", get(server_info::server))
         .route("/login", post(users::login))
         .route("/logout", post(account::logout))
         .route("/users/me", me)
         .route("/users/me/password", post(account::change_password))
+        .route("/users/me/totp", post(totp::enrol))
+        .route("/users/me/totp/confirm", post(totp::confirm))
+        .route("/users/me/totp/disable", post(totp::disable))
         .route("/insert", post(insert::insert))
         .route("/events", get(events::events))
         .route("/sse", get(events::events))
@@ -100,6 +121,7 @@ fn cors(origin: &str) -> CorsLayer {
             Method::HEAD,
             Method::POST,
             Method::PUT,
+            Method::PATCH,
             Method::DELETE,
             Method::OPTIONS,
         ])

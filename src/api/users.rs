@@ -97,6 +97,7 @@ pub async fn create_user(
         created_at: crate::store::now_micros(),
         revoked: false,
         token_generation: 0,
+        totp: None,
     };
     state.store.create_user(user).await?;
     tracing::info!(username = %req.username, "user created");
@@ -110,6 +111,9 @@ pub struct Login {
     pub username: String,
     /// Password.
     pub password: String,
+    /// The one-time code, for a user with a second factor.
+    #[serde(default)]
+    pub code: Option<String>,
 }
 
 /// `POST /login`: a JWT in the body and in the `broker_token` cookie. Failed attempts are
@@ -121,7 +125,7 @@ pub async fn login(
 ) -> Result<Response, AuthError> {
     let user = state
         .auth
-        .check_password(&req.username, &req.password, ip)
+        .check_login(&req.username, &req.password, req.code.as_deref(), ip)
         .await?;
     with_token(&state, &user, json!({}))
 }

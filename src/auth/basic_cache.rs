@@ -131,6 +131,7 @@ mod tests {
             created_at: 0,
             revoked: false,
             token_generation: 0,
+            totp: None,
         }
     }
 

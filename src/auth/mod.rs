@@ -4,6 +4,7 @@
 //! - [`password`]: Argon2id hashing
 //! - [`hash_pool`]: the bound on concurrent Argon2 work (429 beyond it)
 //! - [`throttle`]: failed-login limits per address and per username (429)
+//! - [`totp`]: the optional second factor (RFC 6238 one-time codes)
 //! - [`basic_cache`]: recently verified Basic credentials
 //! - [`credentials`]: where a request's credentials are found
 //! - [`csrf`]: what a write authenticated by the cookie must show
@@ -27,6 +28,7 @@ pub mod permissions;
 pub mod redact;
 pub mod rejection;
 pub mod throttle;
+pub mod totp;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -181,14 +183,20 @@ impl Auth {
             && let Some(user) = self.store.user(username).await?
             && self.basic_cache.hit(&user, password)
         {
+            refuse_second_factor(&user)?;
             return Ok(Caller::user(&user, None));
         }
         let user = self.check_password(username, password, ip).await?;
+        refuse_second_factor(&user)?;
         self.basic_cache.remember(&user, password);
         Ok(Caller::user(&user, None))
     }
 
-    async fn active_user(&self, username: &str) -> Result<User, ApiError> {
+    /// The user `username` unless they are unknown or revoked.
+    ///
+    /// # Errors
+    /// 401 saying which; a store failure.
+    pub async fn active_user(&self, username: &str) -> Result<User, ApiError> {
         match self.store.user(username).await? {
             Some(user) if !user.revoked => Ok(user),
             Some(_) => Err(ApiError::unauthorized("user revoked")),
@@ -198,7 +206,8 @@ impl Auth {
 
     /// Checks a username and password from client address `ip`; the same 401 for an unknown
     /// user and a wrong password. Throttled per address and username, and bounded with every
-    /// other Argon2 run.
+    /// other Argon2 run. The second factor is not asked for: callers are either already signed
+    /// in (a password change) or refuse users who have one (Basic credentials).
     ///
     /// # Errors
     /// 401 `invalid credentials`; 429 with `Retry-After` when throttled or when too many
@@ -207,6 +216,36 @@ impl Auth {
         &self,
         username: &str,
         password: &str,
+        ip: IpAddr,
+    ) -> Result<User, AuthError> {
+        self.check_credentials(username, password, None, ip).await
+    }
+
+    /// Checks a login: the password as [`check_password`](Self::check_password) does and,
+    /// for a user with an active second factor, the one-time `code`. A wrong code counts as a
+    /// failed attempt; an accepted one cannot be used again.
+    ///
+    /// # Errors
+    /// As [`check_password`](Self::check_password); 401 `two-factor code required` when the
+    /// user has a second factor and no code was sent; 401 `invalid two-factor code`.
+    pub async fn check_login(
+        &self,
+        username: &str,
+        password: &str,
+        code: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<User, AuthError> {
+        self.check_credentials(username, password, Some(code), ip)
+            .await
+    }
+
+    /// The password check; `second` is `Some(code)` when an active second factor must be
+    /// checked too.
+    async fn check_credentials(
+        &self,
+        username: &str,
+        password: &str,
+        second: Option<Option<&str>>,
         ip: IpAddr,
     ) -> Result<User, AuthError> {
         let ticket = self.hashes.ticket()?;
@@ -226,16 +265,31 @@ impl Auth {
             })
             .await?;
         tracing::debug!(%ip, username, ok, "password checked with Argon2");
-        match user {
-            Some(user) if ok && !user.revoked => {
-                attempt.succeeded();
-                Ok(user)
-            }
+        let mut user = match user {
+            Some(user) if ok && !user.revoked => user,
             _ => {
                 attempt.failed();
-                Err(ApiError::unauthorized("invalid credentials").into())
+                return Err(ApiError::unauthorized("invalid credentials").into());
             }
+        };
+        let factor = user.totp.as_ref().filter(|t| t.active);
+        if let (Some(code), Some(factor)) = (second, factor) {
+            let Some(code) = code else {
+                // The usual first half of a two-step sign-in: not a failure.
+                attempt.succeeded();
+                return Err(ApiError::unauthorized("two-factor code required").into());
+            };
+            let Some(step) = factor.check(code, jwt::now_secs()) else {
+                attempt.failed();
+                return Err(ApiError::unauthorized("invalid two-factor code").into());
+            };
+            if let Some(totp) = user.totp.as_mut() {
+                totp.last_step = step;
+            }
+            self.store.put_user(user.clone()).await?;
         }
+        attempt.succeeded();
+        Ok(user)
     }
 
     /// Hashes a new password (bounded like every Argon2 run).
@@ -339,11 +393,24 @@ impl Auth {
             token_generation: existing
                 .as_ref()
                 .map_or(0, |u| u.token_generation.wrapping_add(1)),
+            // A reset is also the way back in for an admin who lost their authenticator.
+            totp: None,
         };
         self.store.put_user(user).await?;
         self.basic_cache.forget(username);
         Ok(())
     }
+}
+
+/// Basic credentials carry no one-time code: a user with an active second factor signs in with
+/// `POST /login` and uses the token.
+fn refuse_second_factor(user: &User) -> Result<(), ApiError> {
+    if user.totp.as_ref().is_some_and(|t| t.active) {
+        return Err(ApiError::unauthorized(
+            "this account has a second factor: sign in with POST /login and use the token",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -369,6 +436,7 @@ mod tests {
             created_at: 0,
             revoked: false,
             token_generation: 0,
+            totp: None,
         };
         store.put_user(ada.clone()).await.expect("put");
         let before = Caller::user(&ada, None);

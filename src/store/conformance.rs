@@ -67,6 +67,7 @@ fn user(name: &str) -> User {
         created_at: 1,
         revoked: false,
         token_generation: 0,
+        totp: None,
     }
 }
 
@@ -81,6 +82,7 @@ pub async fn run_all<G>(make: impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store
     batches_are_atomic_and_contiguous(&make).await;
     concurrent_appends_are_all_kept(&make).await;
     users_are_created_once(&make).await;
+    usernames_and_channels_are_listed(&make).await;
     closed_store_refuses_writes(&make).await;
 }
 
@@ -417,4 +419,43 @@ async fn closed_store_refuses_writes<G>(
         store.append(vec![new_record("c", "e", "2")]).await,
         Err(StoreError::Closed)
     ));
+}
+
+async fn usernames_and_channels_are_listed<G>(
+    make: &impl Fn(Arc<dyn CommitListener>) -> (Box<dyn Store>, G),
+) {
+    let (store, _guard) = make(Arc::new(Recorder::default()));
+    assert!(store.usernames().await.expect("names").is_empty());
+    assert!(store.channels().await.expect("channels").is_empty());
+    for name in ["bob", "ada", "c.d@e"] {
+        store.create_user(user(name)).await.expect("create");
+    }
+    let mut revoked = user("bob");
+    revoked.revoked = true;
+    store.put_user(revoked).await.expect("put");
+    assert_eq!(
+        store.usernames().await.expect("names"),
+        vec!["ada", "bob", "c.d@e"]
+    );
+    store
+        .append(vec![
+            new_record("room/1", "x", "1"),
+            new_record("room/1", "x", "2"),
+            new_record("a:b", "y", "3"),
+        ])
+        .await
+        .expect("append");
+    let last = store
+        .append(vec![new_record("room/1", "z", "4")])
+        .await
+        .expect("append");
+    let channels = store.channels().await.expect("channels");
+    let names: Vec<&str> = channels.iter().map(|c| c.channel.as_str()).collect();
+    assert_eq!(names, vec!["a:b", "room/1"], "sorted by name");
+    let room = &channels[1];
+    assert_eq!((room.records, room.events), (3, 2));
+    assert_eq!(room.last_id, last[0].id);
+    assert_eq!(room.last_timestamp, last[0].timestamp);
+    assert_eq!((channels[0].records, channels[0].events), (1, 1));
+    store.close().await;
 }

@@ -23,8 +23,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::{
-    ChannelPredicate, CommitListener, NewRecord, Record, Store, StoreError, User, now_micros,
-    page_full,
+    ChannelPredicate, ChannelSummary, CommitListener, NewRecord, Record, Store, StoreError, User,
+    now_micros, page_full,
 };
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -459,6 +459,56 @@ impl Store for EmbeddedStore {
                 cache.entry(username).or_insert_with(|| user.clone());
             }
             Ok(Some(user))
+        })
+        .await
+    }
+
+    async fn usernames(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let users = txn.open_table(USERS).map_err(backend)?;
+            let mut names = Vec::new();
+            for entry in users.iter().map_err(backend)? {
+                names.push(entry.map_err(backend)?.0.value().to_owned());
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let latest = txn.open_table(LATEST).map_err(backend)?;
+            let versions = txn.open_table(VERSIONS).map_err(backend)?;
+            let records = txn.open_table(RECORDS).map_err(backend)?;
+            let mut out: Vec<ChannelSummary> = Vec::new();
+            // Keys are sorted by (channel, event): one summary per run of a channel.
+            for entry in latest.iter().map_err(backend)? {
+                let (key, id) = entry.map_err(backend)?;
+                let (channel, event) = key.value();
+                let id = id.value();
+                let range = (channel, event, 0)..=(channel, event, u64::MAX);
+                let count = versions.range(range).map_err(backend)?.count() as u64;
+                match out.last_mut().filter(|s| s.channel == channel) {
+                    Some(summary) => {
+                        summary.records += count;
+                        summary.events += 1;
+                        summary.last_id = summary.last_id.max(id);
+                    }
+                    None => out.push(ChannelSummary {
+                        channel: channel.to_owned(),
+                        records: count,
+                        events: 1,
+                        last_id: id,
+                        last_timestamp: 0,
+                    }),
+                }
+            }
+            for summary in &mut out {
+                summary.last_timestamp = get_record(&records, summary.last_id)?.timestamp;
+            }
+            Ok(out)
         })
         .await
     }

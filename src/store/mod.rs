@@ -126,6 +126,24 @@ pub struct User {
     /// user's current one: a password change or an `--admin` reset moves to the next.
     #[serde(default)]
     pub token_generation: u64,
+    /// The optional second factor (TOTP), pending or active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<crate::auth::totp::TotpState>,
+}
+
+/// One channel as the admin API lists it (`GET /channels`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelSummary {
+    /// Channel name.
+    pub channel: String,
+    /// Records stored in it, every version of every event.
+    pub records: u64,
+    /// Distinct event names in it.
+    pub events: u64,
+    /// Id of its newest record.
+    pub last_id: u64,
+    /// Timestamp of its newest record (microseconds since the Unix epoch): its last activity.
+    pub last_timestamp: u64,
 }
 
 /// Why a store operation failed.
@@ -262,6 +280,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks a user up by name.
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError>;
+
+    /// Every username, sorted (revoked users too): the admin API pages through them.
+    async fn usernames(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Every channel that holds a record, sorted by name, with its counts and last activity.
+    async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError>;
 
     /// Whether the backend is reachable now (`/ready` answers 503 when it is not).
     fn healthy(&self) -> bool {

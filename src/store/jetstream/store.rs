@@ -34,8 +34,8 @@ use super::patience::{no_responders, patiently};
 use super::subject;
 use super::{NatsOptions, connect};
 use crate::store::{
-    ChannelPredicate, CommitListener, NewRecord, Record, Store, StoreError, User, now_micros,
-    page_full,
+    ChannelPredicate, ChannelSummary, CommitListener, NewRecord, Record, Store, StoreError, User,
+    now_micros, page_full,
 };
 
 /// Most records in one atomic batch (nats-server's default `max_msgs` of a batch).
@@ -906,6 +906,59 @@ impl Store for JetStreamStore {
         value
             .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
+    }
+
+    async fn usernames(&self) -> Result<Vec<String>, StoreError> {
+        let keys = patiently(|| self.users.keys()).await.map_err(backend)?;
+        let keys: Vec<String> = keys.try_collect().await.map_err(backend)?;
+        let mut names: Vec<String> = keys.iter().filter_map(|k| subject::decode(k)).collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
+        let counts: Vec<(String, usize)> = {
+            let info = patiently(|| self.stream.info_with_subjects(&self.filter))
+                .await
+                .map_err(unavailable)?;
+            info.try_collect().await.map_err(backend)?
+        };
+        // The newest record of each subject gives the channel's last id and activity.
+        let lasts: Vec<Option<Arc<Record>>> = futures_util::stream::iter(
+            counts
+                .iter()
+                .map(|(subject, _)| subject.clone())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|s| async move { self.last_of_subject(&s).await }),
+        )
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+        let mut by_channel: std::collections::BTreeMap<String, ChannelSummary> =
+            std::collections::BTreeMap::new();
+        for ((subject, count), last) in counts.iter().zip(lasts) {
+            let (Some(channel), Some(last)) = (self.channel_of(subject), last) else {
+                continue;
+            };
+            let summary = by_channel
+                .entry(channel.clone())
+                .or_insert_with(|| ChannelSummary {
+                    channel,
+                    records: 0,
+                    events: 0,
+                    last_id: 0,
+                    last_timestamp: 0,
+                });
+            summary.records += *count as u64;
+            summary.events += 1;
+            if last.id > summary.last_id {
+                summary.last_id = last.id;
+                summary.last_timestamp = last.timestamp;
+            }
+        }
+        Ok(by_channel.into_values().collect())
     }
 
     fn healthy(&self) -> bool {
