@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::body::JsonBody;
-use super::extract::{Path, Query};
+use super::extract::{Path, Query, page_limit};
 use super::users::check_password_len;
 use crate::auth::{AuthError, Caller};
 use crate::error::ApiError;
@@ -85,17 +85,7 @@ pub async fn list_users(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<UserPage>, ApiError> {
     caller.require_admin()?;
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "limit must be a number from 1 to 1000",
-                ));
-            }
-        },
-    };
+    let limit = page_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = query.after.unwrap_or_default();
     let search = query.search.unwrap_or_default().to_lowercase();
     let mut names: Vec<String> = state

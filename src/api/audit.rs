@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::extract::{Path, Query};
+use super::extract::{Path, Query, page_limit};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::names;
@@ -174,17 +174,7 @@ pub async fn history(
             .parse()
             .map_err(|_| ApiError::bad_request("after must be a record id"))?,
     };
-    let limit = match query.limit.as_deref() {
-        None | Some("") => 100,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "limit must be a number from 1 to 1000",
-                ));
-            }
-        },
-    };
+    let limit = page_limit(query.limit.as_deref(), 100, MAX_HISTORY_LIMIT)?;
     let mut versions = state
         .store
         .versions(&channel, &event, after, limit + 1, PAGE_BYTES)

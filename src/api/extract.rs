@@ -44,3 +44,20 @@ where
             .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
     }
 }
+
+/// The page size a `limit` query parameter asks for: `default` when absent or empty, otherwise
+/// a number from 1 to `max`; anything else is a JSON 400.
+///
+/// # Errors
+/// A 400 naming the allowed range.
+pub fn page_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be a number from 1 to {max}"
+            ))),
+        },
+    }
+}
