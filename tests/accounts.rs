@@ -70,21 +70,9 @@ async fn totp_second_factor() {
     login_as_ok(&api, None).await;
 
     let t = now();
-    let (status, body) = api
-        .post(
-            "/users/me/totp/confirm",
-            Some(&token),
-            &json!({"code": code(&secret, t - 3600)}),
-        )
-        .await;
+    let (status, body) = totp_step(&api, &token, "confirm", &code(&secret, t - 3600)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a stale code: {body}");
-    let (status, body) = api
-        .post(
-            "/users/me/totp/confirm",
-            Some(&token),
-            &json!({"code": code(&secret, t)}),
-        )
-        .await;
+    let (status, body) = totp_step(&api, &token, "confirm", &code(&secret, t)).await;
     assert_eq!(status, StatusCode::OK, "confirm: {body}");
     assert_eq!(body["totp"], true);
     let (_, me) = api.get("/users/me", Some(&token)).await;
@@ -137,6 +125,16 @@ async fn totp_second_factor() {
 }
 
 /// Logs ada in (asserting 200).
+/// `POST /users/me/totp/{step}` (`confirm` or `disable`) with `code`.
+async fn totp_step(api: &Api, token: &str, step: &str, code: &str) -> (StatusCode, Value) {
+    api.post(
+        &format!("/users/me/totp/{step}"),
+        Some(token),
+        &json!({"code": code}),
+    )
+    .await
+}
+
 async fn login_as_ok(api: &Api, code: Option<&str>) {
     let (status, body) = login(api, "ada", code).await;
     assert_eq!(status, StatusCode::OK, "login: {body}");
@@ -147,40 +145,16 @@ async fn totp_can_be_disabled_with_a_code() {
     let server = Server::start(&[]);
     let api = server.api();
     let token = api.user("bob").await;
-    let (status, body) = api
-        .post(
-            "/users/me/totp/disable",
-            Some(&token),
-            &json!({"code": "123456"}),
-        )
-        .await;
+    let (status, body) = totp_step(&api, &token, "disable", "123456").await;
     assert_eq!(status, StatusCode::CONFLICT, "nothing to disable: {body}");
-    let (status, body) = api
-        .post(
-            "/users/me/totp/confirm",
-            Some(&token),
-            &json!({"code": "123456"}),
-        )
-        .await;
+    let (status, body) = totp_step(&api, &token, "confirm", "123456").await;
     assert_eq!(status, StatusCode::CONFLICT, "nothing to confirm: {body}");
 
     let secret = enrol(&api, &token, "bob").await;
     let t = now();
-    let (status, body) = api
-        .post(
-            "/users/me/totp/confirm",
-            Some(&token),
-            &json!({"code": code(&secret, t)}),
-        )
-        .await;
+    let (status, body) = totp_step(&api, &token, "confirm", &code(&secret, t)).await;
     assert_eq!(status, StatusCode::OK, "confirm: {body}");
-    let (status, body) = api
-        .post(
-            "/users/me/totp/disable",
-            Some(&token),
-            &json!({"code": code(&secret, t + 30)}),
-        )
-        .await;
+    let (status, body) = totp_step(&api, &token, "disable", &code(&secret, t + 30)).await;
     assert_eq!(status, StatusCode::OK, "disable: {body}");
     assert_eq!(body["totp"], false);
     let (status, body) = login(&api, "bob", None).await;

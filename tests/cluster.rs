@@ -143,6 +143,31 @@ async fn events_until(stream: &mut common::sse::SseStream, last: u64) -> Vec<Sse
     }
 }
 
+/// The numeric id of an insert's answer.
+fn id_of(answer: &serde_json::Value) -> u64 {
+    answer["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("numeric id")
+}
+
+/// Inserts event `e{i}` with data `i` for each `i` of `numbers` through `api`, one at a time,
+/// and returns their ids.
+async fn insert_numbered(
+    api: &common::Api,
+    token: &str,
+    numbers: std::ops::Range<u64>,
+) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for i in numbers {
+        ids.push(id_of(
+            &api.insert(token, &format!("e{i}"), json!(i), None).await,
+        ));
+    }
+    ids
+}
+
 fn ids(events: &[SseEvent]) -> Vec<u64> {
     events
         .iter()
@@ -219,36 +244,11 @@ async fn a_stream_resumes_on_another_node_after_its_node_is_killed() {
             let token = b.api().user("ada").await;
             let mut stream = a.api().stream("/events", Some(&token), None).await;
             stream.until_synced().await;
-            let mut inserted = Vec::new();
-            for i in 0..5 {
-                let answer = b
-                    .api()
-                    .insert(&token, &format!("e{i}"), json!(i), None)
-                    .await;
-                inserted.push(
-                    answer["id"]
-                        .as_str()
-                        .expect("id")
-                        .parse::<u64>()
-                        .expect("u64"),
-                );
-            }
+            let mut inserted = insert_numbered(&b.api(), &token, 0..5).await;
             let seen = ids(&events_until(&mut stream, inserted[2]).await);
             assert_eq!(seen, inserted[..3]);
             a.kill();
-            for i in 5..10 {
-                let answer = b
-                    .api()
-                    .insert(&token, &format!("e{i}"), json!(i), None)
-                    .await;
-                inserted.push(
-                    answer["id"]
-                        .as_str()
-                        .expect("id")
-                        .parse::<u64>()
-                        .expect("u64"),
-                );
-            }
+            inserted.extend(insert_numbered(&b.api(), &token, 5..10).await);
             let last_seen = seen.last().expect("seen").to_string();
             let mut resumed = b
                 .api()
@@ -329,13 +329,7 @@ async fn every_acknowledged_insert_survives_a_killed_nats_server() {
                             )
                             .await;
                         if status == reqwest::StatusCode::OK {
-                            acked.push(
-                                body["id"]
-                                    .as_str()
-                                    .expect("id")
-                                    .parse::<u64>()
-                                    .expect("u64"),
-                            );
+                            acked.push(id_of(&body));
                             if let Some(at) = *killed.borrow_and_update() {
                                 if after_kill == 0 {
                                     eprintln!(
@@ -735,7 +729,7 @@ async fn the_admin_api_sees_and_changes_every_node() {
         assert_eq!(
             body["channels"],
             json!([{"channel": "room", "records": 3, "events": 2,
-                "last_id": last["id"].as_str().expect("id").parse::<u64>().expect("id"),
+                "last_id": id_of(&last),
                 "last_timestamp": last["timestamp"]}])
         );
 

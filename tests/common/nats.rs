@@ -274,8 +274,9 @@ impl Drop for NatsCluster {
     }
 }
 
-/// Body of `GET path` on a loopback port, `None` when nothing answers.
-pub fn http_body(port: u16, path: &str) -> Option<String> {
+/// The whole answer to `GET path` on a loopback port, `None` when nothing answers. HTTP/1.0,
+/// so the body is never chunked.
+fn http_get(port: u16, path: &str) -> Option<String> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
@@ -285,19 +286,21 @@ pub fn http_body(port: u16, path: &str) -> Option<String> {
     .ok()?;
     let mut all = String::new();
     conn.read_to_string(&mut all).ok()?;
-    all.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    Some(all)
+}
+
+/// Body of `GET path` on a loopback port, `None` when nothing answers.
+pub fn http_body(port: u16, path: &str) -> Option<String> {
+    http_get(port, path)?
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
 }
 
 /// Status code of `GET path` on a loopback port, `None` when nothing answers.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = String::new();
-    conn.read_to_string(&mut head).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
+    http_get(port, path)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
