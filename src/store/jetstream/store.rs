@@ -79,6 +79,15 @@ struct Append {
     reply: oneshot::Sender<Result<Vec<Arc<Record>>, StoreError>>,
 }
 
+/// The stream and buckets as start-up finds them.
+struct Layout {
+    stream: stream::Stream,
+    users: kv::Store,
+    meta: kv::Store,
+    users_stream: stream::Stream,
+    meta_stream: stream::Stream,
+}
+
 /// The JetStream [`Store`].
 pub struct JetStreamStore {
     client: async_nats::Client,
@@ -120,7 +129,13 @@ impl JetStreamStore {
         // Right after NATS itself (re)starts, the stream's and buckets' replica groups may
         // still be electing leaders: keep asking for a while before giving up.
         let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
-        let (stream, users, meta) = loop {
+        let Layout {
+            stream,
+            users,
+            meta,
+            users_stream,
+            meta_stream,
+        } = loop {
             match Self::layout(&js, options, &filter).await {
                 Ok(layout) => break layout,
                 Err(e) if tokio::time::Instant::now() < deadline => {
@@ -130,15 +145,6 @@ impl JetStreamStore {
                 Err(e) => return Err(e),
             }
         };
-        let prefix = &options.prefix;
-        let users_stream = js
-            .get_stream(format!("KV_{prefix}_users"))
-            .await
-            .map_err(backend)?;
-        let meta_stream = js
-            .get_stream(format!("KV_{prefix}_meta"))
-            .await
-            .map_err(backend)?;
         let (tx, rx) = mpsc::channel(4096);
         let closed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -164,12 +170,13 @@ impl JetStreamStore {
         })
     }
 
-    /// Creates (or finds) the stream and the two buckets.
+    /// Creates (or finds) the stream and the two buckets, and fails while any of their replica
+    /// groups has no leader yet.
     async fn layout(
         js: &jetstream::Context,
         options: &NatsOptions,
         filter: &str,
-    ) -> Result<(stream::Stream, kv::Store, kv::Store), StoreError> {
+    ) -> Result<Layout, StoreError> {
         let prefix = &options.prefix;
         let stream = js
             .get_or_create_stream(stream::Config {
@@ -182,16 +189,26 @@ impl JetStreamStore {
             })
             .await
             .map_err(|e| backend(format!("cannot create stream {prefix}_records: {e}")))?;
+        led(&stream)?;
         let users = key_value(js, format!("{prefix}_users"), options.replicas).await?;
         let meta = key_value(js, format!("{prefix}_meta"), options.replicas).await?;
-        for name in [
-            format!("{prefix}_records"),
-            format!("KV_{prefix}_users"),
-            format!("KV_{prefix}_meta"),
-        ] {
-            led(js, &name).await?;
-        }
-        Ok((stream, users, meta))
+        let users_stream = js
+            .get_stream(format!("KV_{prefix}_users"))
+            .await
+            .map_err(unavailable)?;
+        led(&users_stream)?;
+        let meta_stream = js
+            .get_stream(format!("KV_{prefix}_meta"))
+            .await
+            .map_err(unavailable)?;
+        led(&meta_stream)?;
+        Ok(Layout {
+            stream,
+            users,
+            meta,
+            users_stream,
+            meta_stream,
+        })
     }
 
     /// The JWT secret all nodes share: created once (create-only, so two nodes starting
@@ -396,15 +413,15 @@ impl JetStreamStore {
     }
 }
 
-/// Succeeds once stream `name`'s replica group has a leader (a stream on a single, unclustered
-/// server has no group and is always ready).
-async fn led(js: &jetstream::Context, name: &str) -> Result<(), StoreError> {
-    let stream = js.get_stream(name).await.map_err(unavailable)?;
-    let info = stream.get_info().await.map_err(unavailable)?;
-    match info.cluster {
-        Some(cluster) if cluster.leader.is_none() => {
-            Err(unavailable(format!("stream {name} has no leader yet")))
-        }
+/// Fails when the stream's replica group had no leader as of the info it was fetched with (a
+/// stream on a single, unclustered server has no group and is always ready).
+fn led(stream: &stream::Stream) -> Result<(), StoreError> {
+    let info = stream.cached_info();
+    match &info.cluster {
+        Some(cluster) if cluster.leader.is_none() => Err(unavailable(format!(
+            "stream {} has no leader yet",
+            info.config.name
+        ))),
         _ => Ok(()),
     }
 }
