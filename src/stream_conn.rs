@@ -10,8 +10,9 @@
 //! straight from the stream's own buffer with chunked encoding, while a 64-byte read watches
 //! for the client going away. The connection closes when the response ends
 //! (`connection: close`). Everything else, and anything unusual (a body, pipelined requests,
-//! a head split over several packets, an upgrade), is left to the general server untouched,
-//! because the bytes are only peeked at.
+//! an upgrade, a head longer than 8 KiB), is left to the general server untouched, because
+//! the bytes are only peeked at. Every plain connection's head is waited for here, so a client
+//! that sends part of a request and then nothing holds no HTTP connection buffers.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -120,24 +121,48 @@ impl<S: Send + 'static> Accept<Tracked<TcpStream>, S> for StreamAcceptor {
     }
 }
 
-/// Waits for the first bytes and parses them as a stream request, without consuming them.
-/// Returns the request and the length of its head, or `None` for anything else.
+/// Waits for a complete request head and parses it as a stream request, without consuming
+/// it. Returns the request and the length of its head, or `None` for anything else (another
+/// request, bytes that are not HTTP/1, a head longer than [`MAX_HEAD`], or the client closing).
+///
+/// A head that arrives in pieces is waited for here, with no buffer held between pieces: a
+/// connection that sends part of a request and then nothing (a slow or hostile client) costs
+/// this small future rather than the general server's connection buffers, until admission's
+/// header timeout closes it.
 ///
 /// # Errors
-/// When the connection fails or admission closes it before its first bytes (header timeout,
-/// eviction).
+/// When the connection fails or admission closes it before its head is complete (header
+/// timeout, eviction).
 async fn peek_stream_request(stream: &Tracked<TcpStream>) -> io::Result<Option<(Request, usize)>> {
-    // Most heads fit the small buffer; a full one is looked at again with the large one. The
-    // buffers are short-lived, but thousands of connections opening at once would otherwise
-    // leave the allocator holding their pages.
-    for size in [PEEK_FIRST, MAX_HEAD] {
+    let mut seen = 0;
+    let mut size = PEEK_FIRST;
+    loop {
+        // Most heads fit the small buffer; a full one is looked at again with the large one.
+        // The buffers are short-lived, but thousands of connections opening at once would
+        // otherwise leave the allocator holding their pages.
         let mut buf = vec![0u8; size];
-        let n = stream.peek(&mut buf).await?;
-        if n < size {
-            return Ok(parse_stream_request(&buf[..n]));
+        let n = stream.peek_beyond(&mut buf, seen).await?;
+        let bytes = &buf[..n];
+        if n == 0 || !head_pending(bytes) {
+            return Ok(parse_stream_request(bytes));
         }
+        if n == size {
+            if size == MAX_HEAD {
+                return Ok(None);
+            }
+            size = MAX_HEAD;
+        }
+        seen = n;
     }
-    Ok(None)
+}
+
+/// Whether `bytes` are the valid beginning of an HTTP/1 request head that is not complete yet.
+fn head_pending(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    matches!(
+        httparse::Request::new(&mut headers).parse(bytes),
+        Ok(httparse::Status::Partial)
+    )
 }
 
 /// Parses `bytes` as exactly one complete, bodiless `GET` of a stream route. Public only for

@@ -181,6 +181,72 @@ async fn a_stream_request_that_never_completes_its_head_is_closed() {
     );
 }
 
+/// Writes `pieces` one at a time, each its own segment, so that the server sees a request
+/// head arrive in parts (the pause only spaces the segments out; nothing waits on it).
+async fn write_in_pieces(tcp: &mut TcpStream, pieces: &[&str]) {
+    tcp.set_nodelay(true).expect("nodelay");
+    for piece in pieces {
+        tcp.write_all(piece.as_bytes()).await.expect("write");
+        tcp.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn request_heads_that_arrive_in_pieces_are_served() {
+    let server = Server::start(&["--no-auth"]);
+    let http = common::client();
+    let (status, answer) = insert(&http, &server, 7).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // A stream request in three parts is served as a stream: its snapshot, then live...
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    write_in_pieces(
+        &mut stream,
+        &[
+            "GET /eve",
+            "nts HTTP/1.1\r\nHost: x\r\n",
+            "Accept: text/event-stream\r\n\r\n",
+        ],
+    )
+    .await;
+    let head = read_until(&mut stream, "data: 7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    // ...by the lean stream writer, which closes the connection when the stream ends.
+    assert!(head.contains("connection: close"), "{head}");
+    let (status, answer) = insert(&http, &server, 8).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    read_until(&mut stream, "data: 8").await;
+
+    // An insert whose head and body come in parts is answered like any other.
+    let body = json!({"event": "tick", "data": 9}).to_string();
+    let mut post = TcpStream::connect(server.addr).await.expect("connect");
+    let length = format!("Content-Length: {}\r\n\r\n", body.len());
+    write_in_pieces(
+        &mut post,
+        &[
+            "POST /insert HTTP/1.1\r\nHost: x\r\n",
+            "Content-Type: application/json\r\nConnection: close\r\n",
+            &length,
+            &body,
+        ],
+    )
+    .await;
+    let answer = closed_by(&mut post, Instant::now() + TIMEOUT, "insert in pieces").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    read_until(&mut stream, "data: 9").await;
+
+    // A client that sends part of a head and closes is let go, and the server carries on.
+    let mut gone = TcpStream::connect(server.addr).await.expect("connect");
+    write_in_pieces(&mut gone, &["GET /health HT"]).await;
+    drop(gone);
+    assert_eq!(health(&http, &server).await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_close_but_streams_do_not() {
     let server = Server::start(&[

@@ -3,11 +3,13 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Conn, Connections};
@@ -160,19 +162,44 @@ impl<IO> Tracked<IO> {
 }
 
 impl Tracked<TcpStream> {
-    /// Waits for data and copies what has arrived into `buf` without consuming it.
+    /// Waits until more than `seen` bytes have arrived (or the client has closed its side),
+    /// then copies what has arrived into `buf` without consuming it. Returns the bytes copied:
+    /// more than `seen`, `buf.len()` when it is full, or 0 at the end of the stream.
     ///
     /// # Errors
     /// The socket's, or a timed-out error once the connection was told to close.
-    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub async fn peek_beyond(&self, buf: &mut [u8], seen: usize) -> io::Result<usize> {
+        let fd = self.io.as_raw_fd();
         std::future::poll_fn(|cx| {
-            let mut read = ReadBuf::new(buf);
-            match self.io.poll_peek(cx, &mut read) {
-                Poll::Pending => match self.watch(cx) {
-                    Ok(()) => Poll::Pending,
-                    Err(e) => Poll::Ready(Err(e)),
-                },
-                ready => ready,
+            loop {
+                match self.io.poll_read_ready(cx) {
+                    Poll::Pending => {
+                        return match self.watch(cx) {
+                            Ok(()) => Poll::Pending,
+                            Err(e) => Poll::Ready(Err(e)),
+                        };
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                if self.registration.conn.is_closed() {
+                    return Poll::Ready(Err(closed()));
+                }
+                // A peek that finds nothing new clears the readiness it was given, so the
+                // next poll waits for the next arrival instead of spinning on the same bytes.
+                let peeked = self.io.try_io(Interest::READABLE, || {
+                    let n = recv(fd, buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)
+                        .map_err(io::Error::from)?;
+                    if n > seen || n == 0 || n == buf.len() {
+                        Ok(n)
+                    } else {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                });
+                match peeked {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return Poll::Ready(done),
+                }
             }
         })
         .await
