@@ -194,6 +194,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub accept_queues: u16,
 
+    /// Threads of the event-stream runtime: plain-HTTP streams are written there, apart from
+    /// the runtime that accepts connections and answers requests, so a large fan-out never
+    /// queues an insert's answer, a login or a health check behind its writes. Default: one
+    /// per core. 0 serves streams on the request runtime.
+    #[arg(long, env = "BROKER_STREAM_THREADS")]
+    pub stream_threads: Option<usize>,
+
     /// Most open connections from one client address; further ones get 503 and are closed.
     /// Connections from a trusted proxy are not counted.
     #[arg(long, env = "BROKER_MAX_CONNECTIONS_PER_IP", default_value_t = 4096,

@@ -54,6 +54,7 @@ pub mod state;
 pub mod store;
 pub mod stream;
 pub mod stream_conn;
+pub mod stream_runtime;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -31,6 +31,7 @@ use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::jetstream::store::JetStreamStore;
 use crate::stream_conn::StreamAcceptor;
+use crate::stream_runtime::StreamRuntime;
 
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
 pub struct App {
@@ -302,8 +303,18 @@ pub async fn serve(
     connections.spawn_sweeper();
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
+    let stream_runtime = match StreamRuntime::start(app.state().config.stream_threads) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            app.close().await;
+            return Err(Error::Config(format!(
+                "cannot start the event-stream threads (--stream-threads): {e}"
+            )));
+        }
+    };
     let streams = StreamAcceptor::new(BoxCloneSyncService::new(routes.clone()))
-        .with_write_timeout(write_timeout);
+        .with_write_timeout(write_timeout)
+        .on_runtime(stream_runtime.handle());
     let stream_tasks = streams.streams();
     let service = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(routes);
     // The accept loop retries after an accept error (a full descriptor table, say) instead of
@@ -344,6 +355,7 @@ pub async fn serve(
     {
         tracing::warn!("event streams still open after the shutdown timeout");
     }
+    drop(stream_runtime);
     app.close().await;
     result.map_err(|e| Error::Listen(addr, e))?;
     tracing::info!("stopped");

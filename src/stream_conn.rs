@@ -28,6 +28,7 @@ use axum_server::accept::Accept;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -61,6 +62,8 @@ pub struct StreamAcceptor {
     service: Service,
     streams: TaskTracker,
     write_timeout: Duration,
+    /// The runtime streams are served on, when not the accepting one.
+    runtime: Option<Handle>,
 }
 
 impl StreamAcceptor {
@@ -70,7 +73,16 @@ impl StreamAcceptor {
             service,
             streams: TaskTracker::new(),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            runtime: None,
         }
+    }
+
+    /// Serves streams on `runtime` (`None`: the runtime that accepted them). Each socket is
+    /// moved to that runtime's I/O driver, so its readiness is not handled by the accepting
+    /// runtime either.
+    pub fn on_runtime(mut self, runtime: Option<Handle>) -> Self {
+        self.runtime = runtime;
+        self
     }
 
     /// Closes a stream whose client takes none of its bytes for `timeout` (`--write-timeout`).
@@ -94,6 +106,7 @@ impl<S: Send + 'static> Accept<Tracked<TcpStream>, S> for StreamAcceptor {
         let router = self.service.clone();
         let streams = self.streams.clone();
         let write_timeout = self.write_timeout;
+        let runtime = self.runtime.clone();
         Box::pin(async move {
             let Some((mut request, head_len)) = peek_stream_request(&stream).await? else {
                 return Ok((stream, service));
@@ -107,14 +120,31 @@ impl<S: Send + 'static> Accept<Tracked<TcpStream>, S> for StreamAcceptor {
             let Some((stream, slot)) = stream.into_stream() else {
                 return Err(io::Error::other("connection closed by admission"));
             };
-            streams.spawn(serve(
-                stream,
-                slot,
-                Box::new(request),
-                head_len,
-                router,
-                write_timeout,
-            ));
+            let request = Box::new(request);
+            match runtime {
+                None => {
+                    streams.spawn(serve(
+                        stream,
+                        slot,
+                        request,
+                        head_len,
+                        router,
+                        write_timeout,
+                    ));
+                }
+                Some(runtime) => {
+                    let stream = stream.into_std()?;
+                    let task = async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                serve(stream, slot, request, head_len, router, write_timeout).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "cannot move an event stream"),
+                        }
+                    };
+                    streams.spawn_on(task, &runtime);
+                }
+            }
             // Served apart: the general server has nothing left to do with it.
             Err(io::Error::other("event stream served apart"))
         })

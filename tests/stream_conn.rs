@@ -1,5 +1,5 @@
 //! Event streams over raw TCP: the lean stream connections (HTTP/1.1 chunked, HTTP/1.0,
-//! errors) and the requests that must go on to the general HTTP server (pipelined, split,
+//! errors) and the requests that must go on to the general HTTP server (pipelined,
 //! keep-alive after another request), byte for byte as a client sees them.
 
 mod common;
@@ -258,5 +258,45 @@ async fn streams_stop_short_of_the_open_file_limit_with_a_503() {
         }
         assert!(Instant::now() < deadline, "no place freed: {head}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Names of the server process's threads.
+fn thread_names(server: &Server) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).expect("threads");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_are_written_on_their_own_threads_unless_told_otherwise() {
+    for (threads, separate) in [("2", true), ("0", false)] {
+        let server = Server::start(&["--no-auth", "--stream-threads", threads]);
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        read_until(&mut tcp, &mut seen, "$synced").await;
+        let insert = common::client()
+            .post(server.url("/insert"))
+            .json(&json!({"event": "tick", "data": threads}))
+            .send()
+            .await
+            .expect("insert");
+        assert!(insert.status().is_success());
+        read_until(&mut tcp, &mut seen, &format!("data: \"{threads}\"")).await;
+        // Its workers, and the blocking threads its streams read the database on.
+        let stream_threads = thread_names(&server)
+            .iter()
+            .filter(|name| *name == "broker-stream")
+            .count();
+        assert_eq!(
+            stream_threads >= 2,
+            separate,
+            "--stream-threads {threads}: {stream_threads} stream threads"
+        );
     }
 }
