@@ -11,7 +11,6 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 
-use crate::auth::cookie::SameSite;
 use crate::client_ip::TrustedProxies;
 
 /// Who may create users with `POST /users`.
@@ -336,6 +335,28 @@ pub const AUTH_ENV: &[&str] = &[
     "BROKER_DEFAULT_READ",
     "BROKER_DEFAULT_WRITE",
 ];
+
+/// The cookie's `SameSite` attribute (`--cookie-samesite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SameSite {
+    /// Sent only on requests from the same site.
+    Strict,
+    /// Also sent on top-level navigations from other sites (the browsers' default).
+    Lax,
+    /// Sent on every request, cross-site included; browsers require `Secure` with it.
+    None,
+}
+
+impl SameSite {
+    /// The attribute's value as written in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::Lax => "Lax",
+            Self::None => "None",
+        }
+    }
+}
 
 impl Config {
     /// Configuration from the environment alone (as if the binary ran with no flags).

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -73,5 +74,12 @@ impl AppState {
         // The flag first: a stream that subscribes after the hub's message sees the flag.
         self.shutdown.cancel();
         self.hub.shutdown();
+    }
+}
+
+/// The extractors of [`crate::auth`] take the [`Auth`] from the state this way.
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
     }
 }

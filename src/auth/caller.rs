@@ -1,11 +1,15 @@
 //! The authenticated caller of a request, as axum extractors.
+//!
+//! The extractors work with any router state that hands out the [`Auth`] (`FromRef`), so
+//! authentication does not depend on the application state that holds it.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 
-use super::{AuthError, Grants};
+use super::{Auth, AuthError, Grants};
 use crate::error::ApiError;
-use crate::state::AppState;
 use crate::store::User;
 
 /// Who is calling and what they may do. Extracting it authenticates the request (401 on failure).
@@ -93,14 +97,17 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = AuthError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        state.auth.authenticate(parts, false).await
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Arc::<Auth>::from_ref(state)
+            .authenticate(parts, false)
+            .await
     }
 }
 
@@ -108,14 +115,18 @@ impl FromRequestParts<AppState> for Caller {
 #[derive(Debug, Clone)]
 pub struct StreamCaller(pub Caller);
 
-impl FromRequestParts<AppState> for StreamCaller {
+impl<S> FromRequestParts<S> for StreamCaller
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = AuthError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        state.auth.authenticate(parts, true).await.map(StreamCaller)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Arc::<Auth>::from_ref(state)
+            .authenticate(parts, true)
+            .await
+            .map(StreamCaller)
     }
 }
 
@@ -126,14 +137,18 @@ impl FromRequestParts<AppState> for StreamCaller {
 #[derive(Debug, Clone)]
 pub struct MaybeCaller(pub Option<Caller>);
 
-impl FromRequestParts<AppState> for MaybeCaller {
+impl<S> FromRequestParts<S> for MaybeCaller
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let caller = state.auth.identify(parts, false).await.ok();
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Arc::<Auth>::from_ref(state)
+            .identify(parts, false)
+            .await
+            .ok();
         Ok(Self(caller.filter(|c| c.user.is_some())))
     }
 }

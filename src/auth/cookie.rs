@@ -4,28 +4,7 @@
 use axum::http::HeaderValue;
 
 use super::COOKIE_NAME;
-
-/// The cookie's `SameSite` attribute (`--cookie-samesite`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SameSite {
-    /// Sent only on requests from the same site.
-    Strict,
-    /// Also sent on top-level navigations from other sites (the browsers' default).
-    Lax,
-    /// Sent on every request, cross-site included; browsers require `Secure` with it.
-    None,
-}
-
-impl SameSite {
-    /// The attribute's value as written in `Set-Cookie`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Strict => "Strict",
-            Self::Lax => "Lax",
-            Self::None => "None",
-        }
-    }
-}
+pub use crate::config::SameSite;
 
 /// How the login cookie is written.
 #[derive(Debug, Clone, Copy)]
