@@ -1,32 +1,103 @@
 //! Password hashing with Argon2id (PHC strings). Both calls are CPU-heavy (and take 19 MiB) by
 //! design: run them through the [`HashPool`](super::hash_pool::HashPool).
 
-use argon2::Argon2;
-use argon2::password_hash::{
-    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
-};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Hashes a password into a PHC string with a fresh random salt.
+use argon2::password_hash::{
+    self, Output, ParamsString, PasswordHash, SaltString, rand_core::OsRng,
+};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+/// Argon2's working memory (19 MiB for the default parameters), kept between runs, at most one
+/// per core (the [`HashPool`](super::hash_pool::HashPool) runs no more at once). Allocated per
+/// run, it was left with the allocator of whichever thread ran it: memory jumped by 19 MiB per
+/// concurrent check after every burst of logins, and every run faulted its pages in afresh.
+static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+
+fn memory() -> MutexGuard<'static, Vec<Vec<Block>>> {
+    MEMORY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `run` with `blocks` blocks of working memory, reused from an earlier run if one of
+/// that size is free.
+fn with_memory<R>(blocks: usize, run: impl FnOnce(&mut [Block]) -> R) -> R {
+    let reused = memory().pop().filter(|m| m.len() == blocks);
+    let mut blocks = reused.unwrap_or_else(|| vec![Block::default(); blocks]);
+    let result = run(&mut blocks);
+    let kept = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut free = memory();
+    if free.len() < kept {
+        free.push(blocks);
+    }
+    result
+}
+
+/// Argon2 output for `password` under `argon` and `salt` (base64, as in PHC strings), of
+/// `len` bytes.
+fn compute(
+    argon: &Argon2<'_>,
+    params: &Params,
+    password: &str,
+    salt: password_hash::Salt<'_>,
+    len: usize,
+) -> password_hash::Result<Output> {
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_bytes)?;
+    Output::init_with(len, |out| {
+        with_memory(params.block_count(), |blocks| {
+            argon.hash_password_into_with_memory(password.as_bytes(), salt, out, blocks)
+        })
+        .map_err(password_hash::Error::from)
+    })
+}
+
+/// Hashes a password into an Argon2id PHC string with a fresh random salt.
 ///
 /// # Errors
 /// Only if the hasher rejects its input (it does not for passwords of sane length).
 pub fn hash(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    let params = Params::default();
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let output = compute(
+        &argon,
+        &params,
+        password,
+        salt.as_salt(),
+        Params::DEFAULT_OUTPUT_LEN,
+    )
+    .map_err(|e| e.to_string())?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| e.to_string())?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(phc.to_string())
 }
 
-/// Whether `password` matches the PHC string `phc`. A malformed hash never matches.
+/// Whether `password` matches the PHC string `phc` (any Argon2 variant, version and
+/// parameters). A malformed hash never matches.
 pub fn verify(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    let check = || -> password_hash::Result<bool> {
+        let parsed = PasswordHash::new(phc)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Ok(false);
+        };
+        let algorithm = Algorithm::try_from(parsed.algorithm)?;
+        let version = parsed
+            .version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let params = Params::try_from(&parsed)?;
+        let argon = Argon2::new(algorithm, version, params.clone());
+        let computed = compute(&argon, &params, password, salt, expected.len())?;
+        // `Output` compares in constant time.
+        Ok(computed == expected)
+    };
+    check().unwrap_or(false)
 }
 
 /// A hash of a random password, verified against when a login names an unknown user so that
@@ -47,5 +118,35 @@ mod tests {
         assert!(verify("correct horse", &phc));
         assert!(!verify("wrong horse", &phc));
         assert!(!verify("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn agrees_with_the_argon2_crates_own_hasher() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let ours = hash("tr0ub4dor").expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("a PHC string");
+        assert!(
+            Argon2::default()
+                .verify_password(b"tr0ub4dor", &parsed)
+                .is_ok()
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = Argon2::default()
+            .hash_password(b"tr0ub4dor", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(verify("tr0ub4dor", &theirs));
+        assert!(!verify("tr0ub4dor!", &theirs));
+        // Other parameters (an older, cheaper hash) verify too, with memory of their size.
+        let cheap = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(1024, 1, 1, None).expect("params"),
+        )
+        .hash_password(b"old", &salt)
+        .expect("hash")
+        .to_string();
+        assert!(verify("old", &cheap));
+        assert!(!verify("older", &cheap));
     }
 }
