@@ -8,11 +8,14 @@ use argon2::password_hash::{
 };
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
-/// Argon2's working memory (19 MiB for the default parameters), kept between runs, at most one
-/// per core (the [`HashPool`](super::hash_pool::HashPool) runs no more at once). Allocated per
-/// run, it was left with the allocator of whichever thread ran it: memory jumped by 19 MiB per
-/// concurrent check after every burst of logins, and every run faulted its pages in afresh.
+/// Argon2's working memory (19 MiB for the default parameters), kept between runs: at most
+/// one per core (the [`HashPool`](super::hash_pool::HashPool) runs no more at once) and at
+/// most [`MEMORY_KEPT`]. Allocated afresh for every run, the server's memory jumped by 19 MiB
+/// per concurrent check during each burst of logins, and every run faulted its pages in.
 static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+
+/// Most working memories kept for reuse, whatever the number of cores.
+const MEMORY_KEPT: usize = 4;
 
 fn memory() -> MutexGuard<'static, Vec<Vec<Block>>> {
     MEMORY.lock().unwrap_or_else(PoisonError::into_inner)
@@ -24,7 +27,9 @@ fn with_memory<R>(blocks: usize, run: impl FnOnce(&mut [Block]) -> R) -> R {
     let reused = memory().pop().filter(|m| m.len() == blocks);
     let mut blocks = reused.unwrap_or_else(|| vec![Block::default(); blocks]);
     let result = run(&mut blocks);
-    let kept = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let kept = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MEMORY_KEPT);
     let mut free = memory();
     if free.len() < kept {
         free.push(blocks);
