@@ -288,6 +288,6 @@ impl crate::stream::RecordFilter for MercureFilter {
     fn admits(&self, record: &Record) -> bool {
         let update = update::of(record);
         any_matches(&self.selectors, &update.topics, &self.base)
-            && self.identity.reads(&update, record, &self.base)
+            && self.identity.reads(update, record, &self.base)
     }
 }
