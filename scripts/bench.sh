@@ -205,7 +205,7 @@ elif [ "$suite" = soak ]; then
     --half-open 2000 --attack-workers 1 --login-rate 10 --probe-interval 1 --sample-every 5 \
     --warmup "$warmup" --source-addrs 16 --rss-kill-mib "$RSS_KILL_MIB"
 elif [ "$suite" = quick ]; then
-  start_broker main
+  start_broker main --mercure-anonymous
   floor 1000 100
   broker light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   broker fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
@@ -213,11 +213,13 @@ elif [ "$suite" = quick ]; then
   broker snapshot --subscribers 1 --publishers 1 --duration 1 --snapshot-events 100000
   broker memory-5000 --subscribers 5000 --memory-step 1000 --publishers 1 --rate 1 --duration 1 --source-addrs 8
   broker node-sse-wire --profile node-sse --subscribers 1000 --publishers 16 --duration 5 --source-addrs 4
+  broker mercure-light-load-1000 --profile mercure --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
+  broker mercure-wire --profile mercure --subscribers 1000 --publishers 16 --duration 5 --source-addrs 4
   bare light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   node_sse node-sse-server-light-load-1000 --subscribers 1000 --publishers 1 --rate 10 --duration 5 --source-addrs 4
   node_sse node-sse-server-fan-out-2000 --subscribers 2000 --publishers 64 --duration 5 --source-addrs 4
 else
-  start_broker main
+  start_broker main --mercure-anonymous
   floor 1000 300
   floor 9000 30
   # Memory first, while the server is fresh.
@@ -229,6 +231,8 @@ else
   # then the same rate as batches of 10.
   broker fan-out-10000 --subscribers 10000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
   broker fan-out-10000-batch --subscribers 10000 --publishers 2 --rate 50 --batch 10 --duration 20 --source-addrs 16
+  # The same fan-out on the Mercure wire (anonymous subscribers, one update per publish).
+  broker mercure-fan-out-10000 --profile mercure --subscribers 10000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
   # The same light loads and fan-outs against the bare reference server, in the same hour.
   for n in 100 1000 5000 10000; do
     bare light-load-$n --subscribers $n --publishers 1 --rate 10 --duration 20 --source-addrs 16
@@ -250,6 +254,10 @@ else
   node_sse node-sse-server-fan-out-1000 --subscribers 1000 --publishers 64 --duration 10 --source-addrs 16
   node_sse node-sse-server-memory-2000 --subscribers 2000 --memory-step 250 --connect-timeout 60 \
     --publishers 1 --rate 1 --duration 2 --source-addrs 16
+  # Idle Mercure subscribers on a fresh server, as memory-19000 measures /events streams.
+  start_broker mercure --mercure-anonymous
+  broker mercure-memory-19000 --profile mercure --subscribers 19000 --memory-step 1000 --publishers 1 --rate 1 \
+    --duration 2 --source-addrs 16
 fi
 target/release/broker-bench-plot --out "$out" "$out"/*.json
 echo "results in $out/"

@@ -155,6 +155,16 @@ impl App {
                 state.shutdown.clone(),
             )
             .await?;
+            if state.mercure.active_subscriptions {
+                // The subscriptions API of every node lists every node's subscriptions.
+                crate::presence::cluster::share_list(
+                    state.mercure.subscriptions.clone(),
+                    cluster.client(),
+                    format!("{}.mercure-subscriptions", cluster.prefix()),
+                    state.shutdown.clone(),
+                )
+                .await?;
+            }
         }
         Ok(Self {
             state,

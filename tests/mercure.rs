@@ -643,28 +643,35 @@ async fn tokens_in_every_place_and_both_forms() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn rfc_6750_errors() {
-    let server = hub(&[]);
-    // No token where one is needed: 401, a challenge without an error code.
-    let resp = subscribe_request(&server, "match=a", None, None).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let challenge = resp.headers()["www-authenticate"]
+/// The `WWW-Authenticate` challenge of a response, checked to name the hub's protected
+/// resource metadata (RFC 9728 section 5.1) as `metadata`.
+fn challenge(headers: &reqwest::header::HeaderMap, metadata: &str) -> String {
+    let challenge = headers["www-authenticate"]
         .to_str()
         .expect("ascii")
         .to_owned();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
     assert!(
-        challenge.starts_with("Bearer") && !challenge.contains("error="),
+        challenge.contains(&format!("resource_metadata=\"{metadata}\"")),
         "{challenge}"
     );
+    challenge
+}
+
+#[tokio::test]
+async fn rfc_6750_errors() {
+    let server = hub(&[]);
+    let metadata = server.url("/.well-known/oauth-protected-resource/.well-known/mercure");
+    // No token where one is needed: 401, a challenge without an error code.
+    let resp = subscribe_request(&server, "match=a", None, None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(!challenge(resp.headers(), &metadata).contains("error="));
     let (status, _, headers) = publish(&server, None, &[("topic", "a")]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(
-        !headers["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .contains("error=")
-    );
+    assert!(!challenge(&headers, &metadata).contains("error="));
+    // The metadata the challenge names is served there.
+    let resp = client().get(&metadata).send().await.expect("metadata");
+    assert_eq!(resp.status(), StatusCode::OK);
     // A bad token: invalid_token.
     let forged = token_with(
         &EncodingKey::from_secret(b"another secret of thirty-two b!!"),
@@ -677,23 +684,13 @@ async fn rfc_6750_errors() {
         subscribe_request(&server, "match=a", Some("not.a.token"), None).await,
     ] {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        assert!(
-            resp.headers()["www-authenticate"]
-                .to_str()
-                .expect("ascii")
-                .contains("error=\"invalid_token\"")
-        );
+        assert!(challenge(resp.headers(), &metadata).contains("error=\"invalid_token\""));
     }
     // A subscriber token cannot publish.
     let (status, _, headers) =
         publish(&server, Some(&legacy(&[], &["*"])), &[("topic", "a")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(
-        headers["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .contains("insufficient_scope")
-    );
+    assert!(challenge(&headers, &metadata).contains("error=\"insufficient_scope\""));
     // An unsupported scheme: invalid_request.
     let resp = client()
         .post(server.url(HUB))
@@ -703,12 +700,7 @@ async fn rfc_6750_errors() {
         .await
         .expect("post");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        resp.headers()["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .contains("invalid_request")
-    );
+    assert!(challenge(resp.headers(), &metadata).contains("error=\"invalid_request\""));
     // Expired tokens are refused.
     let mut expired = json!({"mercure": {"subscribe": ["*"]}});
     expired["exp"] = json!(1000);
@@ -895,6 +887,18 @@ async fn protected_resource_metadata() {
         json!(["https://mercure.rocks/authorization-detail"])
     );
     assert_eq!(doc["mercure_cookie"], "mercureAuthorization");
+    assert_eq!(
+        doc.get("mercure_subscriptions"),
+        None,
+        "active subscriptions are off"
+    );
+    // A 401 names the metadata of the resource identifier (the audience), RFC 9728 section 3.1.
+    let resp = subscribe_request(&server, "match=a", None, None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    challenge(
+        resp.headers(),
+        "https://hub.example/.well-known/oauth-protected-resource/.well-known/mercure",
+    );
 }
 
 #[tokio::test]
@@ -948,7 +952,9 @@ async fn active_subscriptions_are_announced_and_listed() {
     let (status, _, single) = get(id.clone()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(single, doc);
-    // Without a grant on the path: 403.
+    // Without a grant on the path: 403; without a token: 401. Both name the metadata, which
+    // says active subscriptions are on.
+    let metadata = server.url("/.well-known/oauth-protected-resource/.well-known/mercure");
     let resp = client()
         .get(server.url("/.well-known/mercure/subscriptions"))
         .bearer_auth(legacy(&[], &["https://example.com/watched"]))
@@ -956,6 +962,23 @@ async fn active_subscriptions_are_announced_and_listed() {
         .await
         .expect("get");
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    challenge(resp.headers(), &metadata);
+    let resp = client()
+        .get(server.url("/.well-known/mercure/subscriptions"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    challenge(resp.headers(), &metadata);
+    let doc: Value = client()
+        .get(&metadata)
+        .send()
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["mercure_subscriptions"], true);
 
     // The subscription ends: announced inactive, and gone from the API.
     drop(subscriber);
@@ -1038,4 +1061,177 @@ async fn the_hub_works_across_cluster_nodes() {
     assert_eq!(resp.headers()["mercure-last-event-id"], "urn:c:1");
     let mut on_a = SseStream::from_response(resp);
     assert_eq!(next(&mut on_a).await.data, "two");
+}
+
+/// The subscription event for each of `ids` (the watcher's stream may carry others first).
+async fn subscription_events(watcher: &mut SseStream, count: usize) -> Vec<Value> {
+    let mut docs = Vec::new();
+    while docs.len() < count {
+        let event = watcher.next_event().await;
+        assert_eq!(event.event, "mercure");
+        docs.push(event.json());
+    }
+    docs
+}
+
+#[tokio::test]
+async fn subscription_payloads_come_from_both_token_forms() {
+    let server = hub(&["--mercure-subscriptions"]);
+    let watcher_token = access_token(
+        &["subscribe"],
+        json!([{"match": "/.well-known/mercure/subscriptions{/*}?", "match_type": "urlpattern"}]),
+    );
+    let q = query(&[(
+        "match_urlpattern",
+        "/.well-known/mercure/subscriptions/:type/:match/:subscriber",
+    )]);
+    let mut watcher = subscribe(&server, &q, Some(&watcher_token)).await;
+    assert_eq!(watcher.next_event().await.event, "mercure", "its own");
+
+    // The current form: the payload of the first subscribe detail whose topics match the
+    // subscription's matcher taken as a topic; `*` as the default.
+    let detail = |topics: Value, payload: Value| {
+        json!({
+            "type": "https://mercure.rocks/authorization-detail",
+            "actions": ["subscribe"],
+            "topics": topics,
+            "payload": payload,
+        })
+    };
+    let current = token_with(
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+        Some("at+jwt"),
+        json!({"authorization_details": [
+            detail(json!([{"match": "https://example.com/foo"}]), json!({"custom1": "foo"})),
+            detail(
+                json!([{"match": "https://example.com/bar/:id", "match_type": "urlpattern"}]),
+                json!({"custom2": "bar"}),
+            ),
+            detail(json!([{"match": "*"}]), json!({"custom3": "default"})),
+        ]}),
+    );
+    let q = query(&[
+        ("match", "https://example.com/foo"),
+        ("match_urlpattern", "https://example.com/bar/:id"),
+        ("match", "https://example.com/other"),
+    ]);
+    let _current = subscribe(&server, &q, Some(&current)).await;
+    let docs = subscription_events(&mut watcher, 3).await;
+    let payloads: Vec<(&str, &Value)> = docs
+        .iter()
+        .map(|d| (d["match"].as_str().expect("match"), &d["payload"]))
+        .collect();
+    assert_eq!(
+        payloads,
+        [
+            ("https://example.com/foo", &json!({"custom1": "foo"})),
+            ("https://example.com/bar/:id", &json!({"custom2": "bar"})),
+            ("https://example.com/other", &json!({"custom3": "default"})),
+        ]
+    );
+    // The API lists them with their payloads.
+    let id = docs[1]["id"].as_str().expect("id").to_owned();
+    let (status, _, listed) = get_json(&server, watcher_token.clone(), id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["payload"], json!({"custom2": "bar"}));
+
+    // The older form: `mercure.payload`, for every subscription of the token.
+    let older = hs(json!({"mercure": {"subscribe": ["*"], "payload": {"user": "b"}}}));
+    let _older = subscribe(&server, "match=https%3A%2F%2Fexample.com%2Fx", Some(&older)).await;
+    let doc = &subscription_events(&mut watcher, 1).await[0];
+    assert_eq!(doc["payload"], json!({"user": "b"}));
+    // No payload: no member.
+    let plain = subscribe(&server, "match=y", Some(&legacy(&[], &["*"]))).await;
+    let doc = &subscription_events(&mut watcher, 1).await[0];
+    assert_eq!(doc.get("payload"), None, "{doc}");
+    drop(plain);
+
+    // A detail whose payload is not an object makes the token invalid.
+    let broken = token_with(
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+        Some("at+jwt"),
+        json!({"authorization_details": [detail(json!([{"match": "*"}]), json!("text"))]}),
+    );
+    let resp = subscribe_request(&server, "match=a", Some(&broken), None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Polls `server`'s subscriptions API until `check` accepts the listed matchers; fails after
+/// `within`.
+async fn listed_until(
+    server: &Server,
+    token: &str,
+    within: std::time::Duration,
+    check: impl Fn(&[String]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, _, body) = get_json(
+            server,
+            token.to_owned(),
+            "/.well-known/mercure/subscriptions".into(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut matchers: Vec<String> = body["subscriptions"]
+            .as_array()
+            .expect("subscriptions")
+            .iter()
+            .map(|d| d["match"].as_str().expect("match").to_owned())
+            .collect();
+        matchers.sort();
+        if check(&matchers) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscriptions never became as expected: {matchers:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriptions_api_lists_every_cluster_nodes_subscriptions() {
+    let cluster = common::nats::NatsCluster::start();
+    let urls = cluster.urls();
+    let replicas = cluster.len().to_string();
+    let start = || {
+        Server::start(&[
+            "--nats",
+            &urls,
+            "--nats-replicas",
+            &replicas,
+            "--mercure-jwt-key",
+            SECRET,
+            "--mercure-subscriptions",
+        ])
+    };
+    let (mut a, b) = (start(), start());
+    let api = access_token(
+        &["subscribe"],
+        json!([{"match": "/.well-known/mercure/subscriptions{/*}?", "match_type": "urlpattern"}]),
+    );
+    let sub = legacy(&[], &["*"]);
+    let _on_b = subscribe(&b, "match=https%3A%2F%2Fexample.com%2Fb", Some(&sub)).await;
+
+    // A subscription on A is listed by B beside B's own, and leaves when its stream ends.
+    let on_a = subscribe(&a, "match=https%3A%2F%2Fexample.com%2Fa", Some(&sub)).await;
+    let both = |m: &[String]| m == ["https://example.com/a", "https://example.com/b"];
+    listed_until(&b, &api, TIMEOUT, both).await;
+    listed_until(&a, &api, TIMEOUT, both).await;
+    drop(on_a);
+    listed_until(&b, &api, TIMEOUT, |m| m == ["https://example.com/b"]).await;
+
+    // A node killed without a word: its subscriptions leave B's list within the presence
+    // timeout (8 s of silence, swept every second).
+    let _again = subscribe(&a, "match=https%3A%2F%2Fexample.com%2Fa", Some(&sub)).await;
+    listed_until(&b, &api, TIMEOUT, both).await;
+    a.kill();
+    listed_until(&b, &api, std::time::Duration::from_secs(15), |m| {
+        m == ["https://example.com/b"]
+    })
+    .await;
 }

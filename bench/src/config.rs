@@ -31,6 +31,9 @@ pub enum Wire {
     Broker,
     /// node-sse-server's wire: `GET /subscribe`, `POST /publish` (Broker serves it too).
     NodeSse,
+    /// The Mercure wire: `GET /.well-known/mercure?topic=...`, `POST /.well-known/mercure`
+    /// form-encoded, one update per request.
+    Mercure,
 }
 
 /// A load run: N subscribers on one channel, P publishers, for a duration.
@@ -112,9 +115,15 @@ pub struct Args {
     /// Password for the broker profile.
     #[arg(long, default_value = "bench-password")]
     pub password: String,
-    /// Channel used for the run.
+    /// Channel used for the run (the mercure profile's topic is
+    /// `https://broker-bench.example/{channel}`).
     #[arg(long, default_value = "bench")]
     pub channel: String,
+    /// Mercure profile: sign subscribers' and publishers' Mercure tokens (HS256, every topic)
+    /// with this key, the hub's `--mercure-jwt-key`. Without it subscribers go without a token
+    /// (the hub needs `--mercure-anonymous`) and publishers use the Broker login.
+    #[arg(long, env = "BENCH_MERCURE_JWT_KEY", hide_env_values = true)]
+    pub mercure_jwt_key: Option<String>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,

@@ -290,6 +290,7 @@ impl WorkerGroup {
                 match args.profile {
                     Wire::Broker => "broker",
                     Wire::NodeSse => "node-sse",
+                    Wire::Mercure => "mercure",
                 },
             ])
             .args(["--channel", &args.channel])

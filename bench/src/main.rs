@@ -5,7 +5,7 @@
 //! throughput, connection set-up rate, lost and duplicated deliveries, and the server's memory.
 //! Exits non-zero when anything was lost or duplicated.
 //!
-//! Layout: [`config`] (command line), [`profile`] (the two wires), [`subscriber`] (one SSE
+//! Layout: [`config`] (command line), [`profile`] (the wires), [`subscriber`] (one SSE
 //! stream, over [`raw_http`] or reqwest), [`group`] (subscribers in this process or in worker
 //! processes), [`publisher`], [`stats`] (histograms), [`system`] (rlimit, /proc), [`report`]
 //! (JSON and Markdown). The hostile scenarios (`--scenario half-open|stalled|login-flood|soak`)
@@ -109,6 +109,45 @@ fn clients(source_addrs: u8) -> Result<Vec<reqwest::Client>, String> {
                 .map_err(|e| e.to_string())
         })
         .collect()
+}
+
+/// The bearer tokens of a run's subscribers and publishers.
+struct Tokens {
+    subscribe: Option<String>,
+    publish: Option<String>,
+}
+
+/// The run's tokens: the login's for both (see [`token`]), except on the mercure profile: a
+/// Mercure token signed with `--mercure-jwt-key` for both, else none for subscribers
+/// (anonymous) and the login's for publishers.
+async fn tokens(args: &Args, http: &reqwest::Client) -> Result<Tokens, String> {
+    if args.profile == Wire::Mercure
+        && let Some(key) = &args.mercure_jwt_key
+    {
+        let token = mercure_token(key)?;
+        return Ok(Tokens {
+            subscribe: Some(token.clone()),
+            publish: Some(token),
+        });
+    }
+    let login = token(args, http).await?;
+    Ok(Tokens {
+        subscribe: login.clone().filter(|_| args.profile != Wire::Mercure),
+        publish: login,
+    })
+}
+
+/// A Mercure token (HS256, older claim form) allowed to publish and receive every topic for
+/// a day.
+fn mercure_token(key: &str) -> Result<String, String> {
+    let exp = stats::now_us() / 1_000_000 + 86_400;
+    let claims = json!({"exp": exp, "mercure": {"publish": ["*"], "subscribe": ["*"]}});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+    )
+    .map_err(|e| format!("cannot sign a Mercure token: {e}"))
 }
 
 /// Signs up (if needed) and logs in. The broker profile needs the token; the node-sse
@@ -233,9 +272,19 @@ async fn run(args: Args) -> Result<Results, String> {
              (hard limit {hard}); raise `ulimit -Hn` or use more --workers",
         ));
     }
+    if args.profile == Wire::Mercure && (args.batch > 1 || args.snapshot_events > 0) {
+        return Err(
+            "the mercure profile publishes one update per request and has no \
+                    snapshot: --batch 1 and no --snapshot-events"
+                .into(),
+        );
+    }
     let clients = clients(args.source_addrs)?;
     let http = clients[0].clone();
-    let token = token(&args, &http).await?;
+    let Tokens {
+        subscribe: token,
+        publish: publish_token,
+    } = tokens(&args, &http).await?;
     let snapshot = if args.snapshot_events > 0 {
         Some(snapshot_seconds(&args, &http, token.as_deref()).await?)
     } else {
@@ -351,7 +400,7 @@ async fn run(args: Args) -> Result<Results, String> {
             wire: args.profile,
             base: args.publish_url_for(index).to_owned(),
             channel: args.channel.clone(),
-            token: token.clone(),
+            token: publish_token.clone(),
             http: client,
             rate: per_publisher_rate,
             batch: args.batch as usize,

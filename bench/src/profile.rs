@@ -1,4 +1,4 @@
-//! What differs between the two wires: URLs, publish bodies, and how a delivery is read.
+//! What differs between the wires: URLs, publish bodies, and how a delivery is read.
 
 use serde_json::{Value, json};
 
@@ -18,11 +18,58 @@ pub struct Sample {
 /// The event name (broker) or type (node-sse) the tool publishes.
 pub const EVENT: &str = "bench";
 
+/// Path of the Mercure hub.
+pub const MERCURE_PATH: &str = "/.well-known/mercure";
+
+/// The Mercure topic standing for `channel`.
+pub fn topic(channel: &str) -> String {
+    format!("https://broker-bench.example/{channel}")
+}
+
 /// The stream URL of a subscriber.
 pub fn stream_url(wire: Wire, base: &str, channel: &str, client: usize) -> String {
     match wire {
         Wire::Broker => format!("{base}/events?channels={channel}"),
         Wire::NodeSse => format!("{base}/subscribe?channels={channel}&clientId=bench-{client}"),
+        Wire::Mercure => {
+            let query = form(&[("topic", &topic(channel))]);
+            format!("{base}{MERCURE_PATH}?{query}")
+        }
+    }
+}
+
+/// `name=value&...`, form-encoded.
+fn form(pairs: &[(&str, &str)]) -> String {
+    reqwest::Url::parse_with_params("http://x/", pairs)
+        .ok()
+        .and_then(|u| u.query().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A publish request's body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// `application/json`.
+    Json(Value),
+    /// `application/x-www-form-urlencoded`.
+    Form(String),
+}
+
+impl Body {
+    /// Its content type.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Self::Json(_) => "application/json",
+            Self::Form(_) => "application/x-www-form-urlencoded",
+        }
+    }
+
+    /// Its bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Json(value) => serde_json::to_vec(value).unwrap_or_default(),
+            Self::Form(form) => form.as_bytes().to_vec(),
+        }
     }
 }
 
@@ -32,36 +79,50 @@ pub fn sample_data(sample: Sample, pad: &str) -> Value {
 }
 
 /// The publish request (path, body) for a batch of samples: one `/insert` for a single
-/// sample on the broker wire, else one `/publish` of them all (batch publish, on both wires).
-pub fn publish(wire: Wire, channel: &str, batch: &[Value]) -> (&'static str, Value) {
+/// sample on the broker wire, one form-encoded update of type [`EVENT`] per sample on the
+/// Mercure wire (which has no batch publish: only the first sample is sent), else one
+/// `/publish` of them all (batch publish).
+pub fn publish(wire: Wire, channel: &str, batch: &[Value]) -> (&'static str, Body) {
     match (wire, batch) {
         (Wire::Broker, [data]) => (
             "/insert",
-            json!({"event": EVENT, "channel": channel, "data": data}),
+            Body::Json(json!({"event": EVENT, "channel": channel, "data": data})),
         ),
+        (Wire::Mercure, batch) => {
+            let data = batch.first().map(Value::to_string).unwrap_or_default();
+            let body = form(&[("topic", &topic(channel)), ("type", EVENT), ("data", &data)]);
+            (MERCURE_PATH, Body::Form(body))
+        }
         _ => {
             let events: Vec<Value> = batch
                 .iter()
                 .map(|data| {
                     // node-sse-server carries payloads as strings; Broker takes any JSON.
                     let payload = match wire {
-                        Wire::Broker => data.clone(),
                         Wire::NodeSse => Value::String(data.to_string()),
+                        Wire::Broker | Wire::Mercure => data.clone(),
                     };
                     json!({"channelName": channel, "type": EVENT, "payload": payload})
                 })
                 .collect();
-            ("/publish", json!({ "events": events }))
+            ("/publish", Body::Json(json!({ "events": events })))
         }
     }
 }
 
-/// Whether this event ends the subscriber's initial phase.
+/// Whether this event ends the subscriber's initial phase. A Mercure stream opened without
+/// a resume point has none: it is live once the hub answered.
 pub fn is_synced(wire: Wire, event: &[u8]) -> bool {
     match wire {
         Wire::Broker => event == b"$synced",
         Wire::NodeSse => event == b"lastEvent",
+        Wire::Mercure => false,
     }
+}
+
+/// Whether a stream of this wire is live as soon as it is open.
+pub fn live_on_open(wire: Wire) -> bool {
+    wire == Wire::Mercure
 }
 
 /// The fields of a sample as delivered; other fields (the padding) are skipped unread.
@@ -86,7 +147,8 @@ pub fn parse(wire: Wire, event: &[u8], data: &[u8]) -> Option<Sample> {
         return None;
     }
     let fields: Fields = match wire {
-        Wire::Broker => match compact_fields(data) {
+        // A Mercure update's data is the sample as published.
+        Wire::Broker | Wire::Mercure => match compact_fields(data) {
             Some(fields) => fields,
             None => serde_json::from_slice(data).ok()?,
         },
@@ -156,7 +218,10 @@ mod tests {
             parse(Wire::Broker, EVENT.as_bytes(), data.to_string().as_bytes()),
             Some(sample)
         );
-        let (path, body) = publish(Wire::NodeSse, "c", std::slice::from_ref(&data));
+        let (path, Body::Json(body)) = publish(Wire::NodeSse, "c", std::slice::from_ref(&data))
+        else {
+            panic!("JSON")
+        };
         assert_eq!(path, "/publish");
         let delivered =
             json!({"channelName": "c", "type": EVENT, "payload": body["events"][0]["payload"]});
@@ -172,13 +237,40 @@ mod tests {
             parse(Wire::Broker, b"other", data.to_string().as_bytes()),
             None
         );
-        let (path, body) = publish(Wire::Broker, "c", &[data.clone(), data.clone()]);
+        let (path, Body::Json(body)) = publish(Wire::Broker, "c", &[data.clone(), data.clone()])
+        else {
+            panic!("JSON")
+        };
         assert_eq!(path, "/publish");
         assert_eq!(
             body["events"][1]["payload"], data,
             "Broker stores the object"
         );
-        assert_eq!(publish(Wire::Broker, "c", &[data]).0, "/insert");
+        assert_eq!(
+            publish(Wire::Broker, "c", std::slice::from_ref(&data)).0,
+            "/insert"
+        );
+        let (path, Body::Form(form)) = publish(Wire::Mercure, "c", std::slice::from_ref(&data))
+        else {
+            panic!("a form")
+        };
+        assert_eq!(path, MERCURE_PATH);
+        let fields: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{form}"))
+            .expect("url")
+            .query_pairs()
+            .into_owned()
+            .collect();
+        assert_eq!(fields[0], ("topic".into(), topic("c")));
+        assert_eq!(fields[1], ("type".into(), EVENT.into()));
+        assert_eq!(
+            parse(Wire::Mercure, EVENT.as_bytes(), fields[2].1.as_bytes()),
+            Some(sample),
+            "a Mercure update's data is the sample"
+        );
+        assert!(
+            stream_url(Wire::Mercure, "http://h", "c", 0)
+                .ends_with("/.well-known/mercure?topic=https%3A%2F%2Fbroker-bench.example%2Fc")
+        );
     }
 
     #[test]

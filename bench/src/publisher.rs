@@ -8,10 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use serde_json::Value;
-
 use crate::config::Wire;
-use crate::profile::{self, Sample};
+use crate::profile::{self, Body, Sample};
 use crate::raw_client::RawClient;
 use crate::stats::{histogram, now_us};
 
@@ -80,14 +78,14 @@ impl Client {
         }
     }
 
-    /// POSTs a JSON body; the response body when the server answered 2xx within
+    /// POSTs a body; the response body when the server answered 2xx within
     /// [`PUBLISH_TIMEOUT`].
     async fn post(
         &mut self,
         base: &str,
         path: &str,
         token: Option<&str>,
-        body: &Value,
+        body: &Body,
     ) -> Option<Vec<u8>> {
         tokio::time::timeout(PUBLISH_TIMEOUT, self.send(base, path, token, body))
             .await
@@ -100,18 +98,23 @@ impl Client {
         base: &str,
         path: &str,
         token: Option<&str>,
-        body: &Value,
+        body: &Body,
     ) -> Option<Vec<u8>> {
         match self {
             Self::Raw(client) => {
-                let bytes = serde_json::to_vec(body).ok()?;
-                let response = client.post_json(path, token, &bytes).await.ok()?;
+                let response = client
+                    .post(path, token, body.content_type(), &body.to_bytes())
+                    .await
+                    .ok()?;
                 (200..300)
                     .contains(&response.status)
                     .then_some(response.body)
             }
             Self::Reqwest(http) => {
-                let mut req = http.post(format!("{base}{path}")).json(body);
+                let mut req = http
+                    .post(format!("{base}{path}"))
+                    .header("content-type", body.content_type())
+                    .body(body.to_bytes());
                 if let Some(token) = token {
                     req = req.bearer_auth(token);
                 }

@@ -60,8 +60,19 @@ impl RawClient {
         token: Option<&str>,
         body: &[u8],
     ) -> Result<Response, String> {
+        self.post(path, token, "application/json", body).await
+    }
+
+    /// POSTs `body` of `content_type` to `path`; returns the response once it is read whole.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response, String> {
         let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-        let headers = format!("content-type: application/json\r\n{auth}");
+        let headers = format!("content-type: {content_type}\r\n{auth}");
         self.request("POST", path, &headers, Some(body)).await
     }
 

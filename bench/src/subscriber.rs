@@ -16,7 +16,7 @@ use crate::stats::now_us;
 /// Counters a subscriber shares with the coordinator while it runs.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Set once its snapshot (or `lastEvent`) has arrived.
+    /// Set once its snapshot (or `lastEvent`) has arrived, or its Mercure stream is open.
     pub synced: AtomicBool,
     /// Distinct samples received.
     pub received: AtomicU64,
@@ -135,6 +135,9 @@ impl Subscriber {
             .collect();
         let mut at = 0;
         let mut body = self.open(urls[0], None).await?;
+        if profile::live_on_open(self.wire) {
+            self.progress.synced.store(true, Ordering::Release);
+        }
         loop {
             let ended = self.read(&mut body, &mut last_seq, &mut last_id).await;
             if self.fallbacks.is_empty() {

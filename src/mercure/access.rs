@@ -51,6 +51,15 @@ impl Identity {
         }
     }
 
+    /// The payload of this subscriber's subscription with `matcher` (see
+    /// [`TokenGrants::payload_for`]); only Mercure tokens carry payloads.
+    pub fn payload_for(&self, matcher: &str, base: &Url) -> Option<serde_json::Value> {
+        match self {
+            Self::Token(grants) => grants.payload_for(matcher, base),
+            Self::Broker(_) | Self::Anonymous => None,
+        }
+    }
+
     /// The Broker caller a stream runs as (one with no grants for a Mercure token).
     pub fn caller(&self) -> Caller {
         match self {
@@ -279,6 +288,6 @@ impl crate::stream::RecordFilter for MercureFilter {
     fn admits(&self, record: &Record) -> bool {
         let update = update::of(record);
         any_matches(&self.selectors, &update.topics, &self.base)
-            && self.identity.reads(&update, record, &self.base)
+            && self.identity.reads(update, record, &self.base)
     }
 }

@@ -1,5 +1,6 @@
 //! Authorization errors as RFC 6750 describes them: a `WWW-Authenticate: Bearer` challenge
-//! with its `error` code, and Broker's usual `{"error": "..."}` body.
+//! with its `error` code and the hub's protected resource metadata URL (`resource_metadata`,
+//! RFC 9728 section 5.1), and Broker's usual `{"error": "..."}` body.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,30 +34,30 @@ impl From<crate::store::StoreError> for BearerError {
     }
 }
 
-impl IntoResponse for BearerError {
-    fn into_response(self) -> Response {
-        let (status, message, challenge) = match self {
+impl BearerError {
+    /// The response; its challenge names `resource_metadata`, the URL of the hub's protected
+    /// resource metadata ([`super::metadata::url`]).
+    pub fn respond(self, resource_metadata: &str) -> Response {
+        let (status, message, error) = match self {
             Self::Missing => (
                 StatusCode::UNAUTHORIZED,
                 "authorization required".to_owned(),
-                "Bearer realm=\"mercure\"".to_owned(),
+                None,
             ),
-            Self::InvalidToken(why) => (
-                StatusCode::UNAUTHORIZED,
-                why,
-                "Bearer realm=\"mercure\", error=\"invalid_token\"".to_owned(),
-            ),
-            Self::InsufficientScope(why) => (
-                StatusCode::FORBIDDEN,
-                why,
-                "Bearer realm=\"mercure\", error=\"insufficient_scope\"".to_owned(),
-            ),
-            Self::InvalidRequest(why) => (
-                StatusCode::BAD_REQUEST,
-                why,
-                "Bearer realm=\"mercure\", error=\"invalid_request\"".to_owned(),
-            ),
+            Self::InvalidToken(why) => (StatusCode::UNAUTHORIZED, why, Some("invalid_token")),
+            Self::InsufficientScope(why) => {
+                (StatusCode::FORBIDDEN, why, Some("insufficient_scope"))
+            }
+            Self::InvalidRequest(why) => (StatusCode::BAD_REQUEST, why, Some("invalid_request")),
             Self::Other(error) => return error.into_response(),
+        };
+        // A URL holds no `"` or `\`; one that did would break out of the quoted string.
+        let metadata = resource_metadata.replace(['"', '\\'], "");
+        let challenge = match error {
+            None => format!("Bearer realm=\"mercure\", resource_metadata=\"{metadata}\""),
+            Some(code) => format!(
+                "Bearer realm=\"mercure\", error=\"{code}\", resource_metadata=\"{metadata}\""
+            ),
         };
         let mut response = ApiError::new(status, message).into_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {

@@ -43,7 +43,7 @@ pub struct MercureConfig {
 
     /// Active subscriptions: subscription events on
     /// `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}` topics and the
-    /// subscriptions API (this node's subscriptions).
+    /// subscriptions API (every node's subscriptions in cluster mode).
     #[arg(long, env = "BROKER_MERCURE_SUBSCRIPTIONS", default_value_t = false,
           num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]

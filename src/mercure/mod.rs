@@ -47,8 +47,8 @@ pub struct Mercure {
     pub anonymous: bool,
     /// `--mercure-subscriptions`.
     pub active_subscriptions: bool,
-    /// This node's active subscriptions.
-    pub subscriptions: subscriptions::Registry,
+    /// Active subscriptions (this node's, and the other nodes' in cluster mode).
+    pub subscriptions: std::sync::Arc<subscriptions::Registry>,
     /// Held while a publish with its own id checks that the id is new and stores it, so two
     /// publishes of one id on this node cannot both pass the check.
     publish_ids: tokio::sync::Mutex<()>,
@@ -64,7 +64,7 @@ impl Mercure {
             keys: TokenKeys::new(config)?,
             anonymous: config.mercure_anonymous,
             active_subscriptions: config.mercure_subscriptions,
-            subscriptions: subscriptions::Registry::default(),
+            subscriptions: std::sync::Arc::default(),
             publish_ids: tokio::sync::Mutex::new(()),
         })
     }
@@ -76,7 +76,7 @@ impl Default for Mercure {
             keys: TokenKeys::default(),
             anonymous: false,
             active_subscriptions: false,
-            subscriptions: subscriptions::Registry::default(),
+            subscriptions: std::sync::Arc::default(),
             publish_ids: tokio::sync::Mutex::new(()),
         }
     }

@@ -38,11 +38,15 @@ struct Form {
 }
 
 /// `POST /.well-known/mercure`.
-pub async fn publish(
-    State(state): State<AppState>,
-    parts: Parts,
-    body: Bytes,
-) -> Result<Response, BearerError> {
+pub async fn publish(State(state): State<AppState>, parts: Parts, body: Bytes) -> Response {
+    let metadata = super::metadata::url(&state, &parts.headers, &parts.uri);
+    store(state, parts, body)
+        .await
+        .unwrap_or_else(|e| e.respond(&metadata))
+}
+
+/// Stores an update and answers its id, or says why not.
+async fn store(state: AppState, parts: Parts, body: Bytes) -> Result<Response, BearerError> {
     let form_type = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -33,6 +33,18 @@ pub const MAX_MATCHERS: usize = 100;
 /// `GET /.well-known/mercure`.
 pub async fn subscribe(
     State(state): State<AppState>,
+    client_ip: ClientIp,
+    parts: Parts,
+) -> Response {
+    let metadata = super::metadata::url(&state, &parts.headers, &parts.uri);
+    open(state, client_ip, parts)
+        .await
+        .unwrap_or_else(|e| e.respond(&metadata))
+}
+
+/// Opens a subscription, or says why not.
+async fn open(
+    state: AppState,
     ClientIp(ip): ClientIp,
     parts: Parts,
 ) -> Result<Response, BearerError> {
@@ -55,6 +67,18 @@ pub async fn subscribe(
     let (start, preceding) = resume(&state, requested.as_deref()).await?;
     let (slot, per_ip) = admit(&state, ip)?;
     let caller = identity.caller();
+    // Subscription events carry the payload the token gives each matcher.
+    let described: Vec<_> = if state.mercure.active_subscriptions {
+        described
+            .into_iter()
+            .map(|(kind, matcher)| {
+                let payload = identity.payload_for(&matcher, &base);
+                (kind, matcher, payload)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let options = StreamOptions {
         filter: ChannelFilter::new(None, caller),
         format: Format::Mercure,

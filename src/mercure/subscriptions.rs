@@ -4,12 +4,14 @@
 //! Each matcher of a new subscription is announced as a private update of the topic
 //! `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}` (the variables
 //! percent-encoded once), event type `mercure`, data
-//! `{"id", "type": "subscription", "match_type", "match", "subscriber", "active": true}`; its end,
-//! whatever ends it, the same way with `"active": false`. The events are records like every
-//! update, so they reach subscribers on every node. The API lists the subscriptions of the node
-//! that answers: a cluster's nodes each know their own.
+//! `{"id", "type": "subscription", "match_type", "match", "subscriber", "active": true}` and the
+//! `payload` its token gives it, if any; its end, whatever ends it, the same way with
+//! `"active": false`. The events are records like every update, so they reach subscribers on
+//! every node. In cluster mode each node shares its subscriptions with the others as it shares
+//! presence ([`crate::presence::cluster`]), so the API of any node lists every node's; a node
+//! that stops heartbeating has its subscriptions dropped from the list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use axum::Json;
@@ -18,6 +20,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use super::access::{self, Identity};
 use super::bearer::BearerError;
@@ -25,16 +28,24 @@ use super::token::Role;
 use super::update::{PRIVATE_CHANNEL, StoredUpdate};
 use crate::api::insert::store_records;
 use crate::error::ApiError;
+use crate::presence::cluster::SharedList;
 use crate::state::AppState;
 use crate::store::NewRecord;
 
 /// Path of the subscriptions collection.
 pub const PATH: &str = "/.well-known/mercure/subscriptions";
 
-/// This node's active subscriptions, by topic (the document's `id`).
+/// Active subscriptions, by topic (the document's `id`): this node's, and in cluster mode the
+/// other nodes'.
 #[derive(Default)]
 pub struct Registry {
     active: Mutex<BTreeMap<String, Value>>,
+    /// Cluster mode: ids of local subscriptions changed since they were last shared.
+    unshared: Mutex<Option<BTreeSet<String>>>,
+    /// Wakes the task that shares local changes.
+    unshared_changed: Notify,
+    /// Cluster mode: each other node's subscriptions, by node id.
+    remote: Mutex<BTreeMap<u64, BTreeMap<String, Value>>>,
 }
 
 impl Registry {
@@ -43,6 +54,7 @@ impl Registry {
             for doc in docs {
                 if let Some(id) = doc["id"].as_str() {
                     active.insert(id.to_owned(), doc.clone());
+                    self.mark_unshared(id);
                 }
             }
         }
@@ -53,24 +65,108 @@ impl Registry {
             for doc in docs {
                 if let Some(id) = doc["id"].as_str() {
                     active.remove(id);
+                    self.mark_unshared(id);
                 }
             }
         }
     }
 
-    /// The documents whose id is `path` or lies under it.
+    /// Notes a local change for the other nodes (cluster mode).
+    fn mark_unshared(&self, id: &str) {
+        if let Ok(mut unshared) = self.unshared.lock()
+            && let Some(ids) = unshared.as_mut()
+        {
+            ids.insert(id.to_owned());
+            self.unshared_changed.notify_one();
+        }
+    }
+
+    /// The documents, of every node, whose id is `path` or lies under it, sorted by id.
     fn under(&self, path: &str) -> Vec<Value> {
         let prefix = format!("{path}/");
-        self.active.lock().map_or_else(
-            |_| Vec::new(),
-            |active| {
+        let wanted = |id: &str| id == path || id.starts_with(&prefix);
+        let mut found: BTreeMap<String, Value> = BTreeMap::new();
+        if let Ok(active) = self.active.lock() {
+            found.extend(
                 active
                     .iter()
-                    .filter(|(id, _)| *id == path || id.starts_with(&prefix))
-                    .map(|(_, doc)| doc.clone())
-                    .collect()
-            },
-        )
+                    .filter(|(id, _)| wanted(id))
+                    .map(|(id, doc)| (id.clone(), doc.clone())),
+            );
+        }
+        if let Ok(remote) = self.remote.lock() {
+            for node in remote.values() {
+                found.extend(
+                    node.iter()
+                        .filter(|(id, _)| wanted(id))
+                        .map(|(id, doc)| (id.clone(), doc.clone())),
+                );
+            }
+        }
+        found.into_values().collect()
+    }
+}
+
+impl SharedList for Registry {
+    type Item = Value;
+
+    fn start_sharing(&self) {
+        if let Ok(mut unshared) = self.unshared.lock() {
+            unshared.get_or_insert_with(BTreeSet::new);
+        }
+    }
+
+    fn local_changed(&self) -> &Notify {
+        &self.unshared_changed
+    }
+
+    fn take_unshared(&self, all: bool) -> Vec<(String, Option<Value>)> {
+        let Ok(active) = self.active.lock() else {
+            return Vec::new();
+        };
+        let changed = self
+            .unshared
+            .lock()
+            .ok()
+            .and_then(|mut unshared| unshared.as_mut().map(std::mem::take))
+            .unwrap_or_default();
+        if all {
+            return active
+                .iter()
+                .map(|(id, doc)| (id.clone(), Some(doc.clone())))
+                .collect();
+        }
+        changed
+            .into_iter()
+            .map(|id| {
+                let now = active.get(&id).cloned();
+                (id, now)
+            })
+            .collect()
+    }
+
+    fn set_node(&self, node: u64, entries: BTreeMap<String, Value>) {
+        if let Ok(mut remote) = self.remote.lock() {
+            remote.insert(node, entries);
+        }
+    }
+
+    fn update_node(&self, node: u64, changes: Vec<(String, Option<Value>)>) {
+        if let Ok(mut remote) = self.remote.lock() {
+            let docs = remote.entry(node).or_default();
+            for (id, now) in changes {
+                match now {
+                    Some(doc) => docs.insert(id, doc),
+                    None => docs.remove(&id),
+                };
+            }
+        }
+    }
+
+    fn drop_node(&self, node: u64) {
+        if let Ok(mut remote) = self.remote.lock() {
+            remote.remove(&node);
+        }
     }
 }
 
@@ -121,26 +217,31 @@ impl Drop for Announced {
     }
 }
 
-/// Announces the matchers (`(match_type, match)`) of a new subscription of `subscriber`.
+/// Announces the matchers (`(match_type, match, payload)`) of a new subscription of
+/// `subscriber`.
 ///
 /// # Errors
 /// When the events cannot be stored.
 pub async fn announce(
     state: &AppState,
-    matchers: &[(&'static str, String)],
+    matchers: &[(&'static str, String, Option<Value>)],
     subscriber: String,
 ) -> Result<Announced, ApiError> {
     let docs: Vec<Value> = matchers
         .iter()
-        .map(|(match_type, matcher)| {
-            json!({
+        .map(|(match_type, matcher, payload)| {
+            let mut doc = json!({
                 "id": topic(match_type, matcher, &subscriber),
                 "type": "subscription",
                 "match_type": match_type,
                 "match": matcher,
                 "subscriber": subscriber,
                 "active": true,
-            })
+            });
+            if let Some(payload) = payload {
+                doc["payload"] = payload.clone();
+            }
+            doc
         })
         .collect();
     state.mercure.subscriptions.insert(&docs);
@@ -177,10 +278,15 @@ async fn publish(state: &AppState, docs: &[Value]) -> Result<(), ApiError> {
 }
 
 /// `GET /.well-known/mercure/subscriptions[/{match_type}/{match}[/{subscriber}]]`.
-pub async fn subscriptions(
-    State(state): State<AppState>,
-    parts: Parts,
-) -> Result<Response, BearerError> {
+pub async fn subscriptions(State(state): State<AppState>, parts: Parts) -> Response {
+    let metadata = super::metadata::url(&state, &parts.headers, &parts.uri);
+    list(state, parts)
+        .await
+        .unwrap_or_else(|e| e.respond(&metadata))
+}
+
+/// The subscriptions under the requested path, or why not.
+async fn list(state: AppState, parts: Parts) -> Result<Response, BearerError> {
     if !state.mercure.active_subscriptions {
         return Err(
             ApiError::not_found("active subscriptions are off (--mercure-subscriptions)").into(),

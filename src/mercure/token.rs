@@ -36,6 +36,24 @@ pub struct TokenGrants {
     pub subscribe: Vec<Matcher>,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// The `subscribe` authorization details in token order: their topic matchers and their
+    /// `payload`, if any.
+    pub subscribe_payloads: Vec<(Vec<Matcher>, Option<Value>)>,
+    /// The older claim's `mercure.payload`.
+    pub legacy_payload: Option<Value>,
+}
+
+impl TokenGrants {
+    /// The payload of this holder's subscription with matcher `matcher` (the query's value):
+    /// that of the first `subscribe` authorization detail one of whose topics matches the
+    /// matcher taken as a topic (none if that detail carries none), else the older
+    /// `mercure.payload`, which applies to every subscription.
+    pub fn payload_for(&self, matcher: &str, base: &Url) -> Option<Value> {
+        self.subscribe_payloads
+            .iter()
+            .find(|(topics, _)| topics.iter().any(|m| m.matches(matcher, base)))
+            .map_or_else(|| self.legacy_payload.clone(), |(_, p)| p.clone())
+    }
 }
 
 /// One verification key and the algorithms it verifies.
@@ -147,6 +165,8 @@ impl TokenKeys {
             publish: Vec::new(),
             subscribe: Vec::new(),
             exp: claims.exp,
+            subscribe_payloads: Vec::new(),
+            legacy_payload: None,
         };
         if let Some(details) = claims.authorization_details {
             let typ = header.typ.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -164,6 +184,7 @@ impl TokenKeys {
             for selector in legacy.subscribe.unwrap_or_default() {
                 grants.subscribe.push(Matcher::selector(&selector)?);
             }
+            grants.legacy_payload = legacy.payload.filter(|p| !p.is_null());
         }
         Ok(grants)
     }
@@ -185,6 +206,9 @@ struct LegacyClaim {
     publish: Option<Vec<String>>,
     #[serde(default)]
     subscribe: Option<Vec<String>>,
+    /// Data attached to each of the holder's subscriptions.
+    #[serde(default)]
+    payload: Option<Value>,
 }
 
 /// Reads the Mercure entries of `authorization_details` (others are left alone).
@@ -219,6 +243,14 @@ fn read_details(details: &Value, base: &Url, grants: &mut TokenGrants) -> Result
             .and_then(Value::as_array)
             .filter(|t| !t.is_empty() && t.len() <= MAX_DETAILS)
             .ok_or("a Mercure authorization detail needs a topics array of 1 to 64 matchers")?;
+        let payload = match detail.get("payload") {
+            None | Some(Value::Null) => None,
+            Some(payload @ Value::Object(_)) => Some(payload.clone()),
+            Some(_) => {
+                return Err("a Mercure authorization detail's payload must be an object".into());
+            }
+        };
+        let mut subscribe_topics = Vec::new();
         for topic in topics {
             let value = topic
                 .get("match")
@@ -238,7 +270,11 @@ fn read_details(details: &Value, base: &Url, grants: &mut TokenGrants) -> Result
                 grants
                     .subscribe
                     .push(Matcher::of_type(match_type, value, base)?);
+                subscribe_topics.push(Matcher::of_type(match_type, value, base)?);
             }
+        }
+        if subscribe {
+            grants.subscribe_payloads.push((subscribe_topics, payload));
         }
     }
     Ok(())

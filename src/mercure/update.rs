@@ -62,12 +62,11 @@ pub struct Update {
     pub stored: Option<StoredUpdate>,
 }
 
-/// The record seen as a Mercure update, decoded once per record and shared.
-pub fn of(record: &Record) -> Arc<Update> {
-    record
-        .mercure
-        .get_or_init(|| Arc::new(decode(record)))
-        .clone()
+/// The record seen as a Mercure update, decoded once per record and shared. Borrowed, not
+/// cloned: every Mercure stream asks for every record it is offered, from both cores, and a
+/// reference count touched by all of them would bounce between the cores.
+pub fn of(record: &Record) -> &Update {
+    record.mercure.get_or_init(|| Arc::new(decode(record)))
 }
 
 fn decode(record: &Record) -> Update {

@@ -1,18 +1,21 @@
-//! Presence across cluster nodes, over core NATS (not JetStream: presence is not kept).
+//! Presence, and other per-node lists, across cluster nodes over core NATS (not JetStream:
+//! they are not kept).
 //!
-//! Every node has a random id for its lifetime and publishes on `<prefix>.presence`:
+//! A [`SharedList`] is a list of entries by id that each node holds for itself (the clients
+//! connected to it, its active Mercure subscriptions) and that every node lists for all. Every
+//! node has a random id for its lifetime and publishes on the list's subject:
 //!
-//! - `delta`: the local clients that joined, changed channels or left since the last message,
+//! - `delta`: the local entries that were added, changed or removed since the last message,
 //!   gathered for [`COALESCE`](super::COALESCE) like the local announcements;
-//! - `full`: every local client, every [`HEARTBEAT`] (in parts of at most [`MAX_MESSAGE`]
+//! - `full`: every local entry, every [`HEARTBEAT`] (in parts of at most [`MAX_MESSAGE`]
 //!   bytes), which doubles as the node's heartbeat;
 //! - `hello` when it starts (the others answer with a `full` at once) and `bye` when it shuts
-//!   down (the others drop its clients at once).
+//!   down (the others drop its entries at once).
 //!
 //! Messages of one node carry consecutive sequence numbers. A node applies another's `delta`
 //! only when it follows the last message it applied; after a gap (a message lost while NATS
 //! reconnected) it keeps that node's last known list until the next `full` replaces it. A node
-//! not heard from for [`EXPIRY`] (killed, or cut off from NATS) is forgotten: its clients leave
+//! not heard from for [`EXPIRY`] (killed, or cut off from NATS) is forgotten: its entries leave
 //! within `EXPIRY` plus [`SWEEP`] and the coalescing delay, about 9 s.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -29,48 +33,107 @@ use tokio_util::sync::CancellationToken;
 use super::{COALESCE, Presence, Shared};
 use crate::store::StoreError;
 
-/// How often a node repeats its full list of clients.
+/// How often a node repeats its full list.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long a silent node's clients stay listed.
+/// How long a silent node's entries stay listed.
 pub const EXPIRY: Duration = Duration::from_secs(8);
 /// How often silent nodes are looked for.
 pub const SWEEP: Duration = Duration::from_secs(1);
 /// Largest message (bytes of JSON) a node publishes; longer lists go in several.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 
-/// One client in a message: its state now, or `None` when it left the node.
-#[derive(Debug, Serialize, Deserialize)]
-struct Entry {
-    id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    client: Option<Shared>,
+/// A list each node holds for itself and shares with the others, which it lists beside its
+/// own entries.
+pub trait SharedList: Send + Sync + 'static {
+    /// One entry as the nodes exchange it.
+    type Item: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Starts noting local changes for [`SharedList::take_unshared`].
+    fn start_sharing(&self);
+    /// Notified when local entries change.
+    fn local_changed(&self) -> &Notify;
+    /// The local entries changed since the last call, each as it is now (`None`: removed);
+    /// with `all`, every local entry instead (covering the pending changes).
+    fn take_unshared(&self, all: bool) -> Vec<(String, Option<Self::Item>)>;
+    /// Replaces node `node`'s entries.
+    fn set_node(&self, node: u64, entries: BTreeMap<String, Self::Item>);
+    /// Applies node `node`'s changes (`None`: removed).
+    fn update_node(&self, node: u64, changes: Vec<(String, Option<Self::Item>)>);
+    /// Forgets node `node` and its entries.
+    fn drop_node(&self, node: u64);
 }
 
-/// What nodes say to each other on `<prefix>.presence`.
+impl SharedList for Presence {
+    type Item = Shared;
+
+    fn start_sharing(&self) {
+        Presence::start_sharing(self);
+    }
+
+    fn local_changed(&self) -> &Notify {
+        &self.unshared_changed
+    }
+
+    fn take_unshared(&self, all: bool) -> Vec<(String, Option<Shared>)> {
+        Presence::take_unshared(self, all)
+    }
+
+    fn set_node(&self, node: u64, entries: BTreeMap<String, Shared>) {
+        Presence::set_node(self, node, entries);
+    }
+
+    fn update_node(&self, node: u64, changes: Vec<(String, Option<Shared>)>) {
+        Presence::update_node(self, node, changes);
+    }
+
+    fn drop_node(&self, node: u64) {
+        Presence::drop_node(self, node);
+    }
+}
+
+/// One entry in a message: its state now, or `None` when it left the node. (The wire names,
+/// `client` and `clients`, are presence's, the first list shared.)
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry<T> {
+    id: String,
+    #[serde(
+        default = "none",
+        skip_serializing_if = "Option::is_none",
+        rename = "client"
+    )]
+    item: Option<T>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// What nodes say to each other on a list's subject.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-enum Message {
-    /// Part `part` of `parts` of every client of the node.
+enum Message<T> {
+    /// Part `part` of `parts` of every entry of the node.
     Full {
         node: u64,
         seq: u64,
         part: u32,
         parts: u32,
-        clients: Vec<Entry>,
+        #[serde(rename = "clients")]
+        entries: Vec<Entry<T>>,
     },
-    /// Clients that changed since the node's previous message.
+    /// Entries that changed since the node's previous message.
     Delta {
         node: u64,
         seq: u64,
-        clients: Vec<Entry>,
+        #[serde(rename = "clients")]
+        entries: Vec<Entry<T>>,
     },
     /// The node started: send it your full list.
     Hello { node: u64 },
-    /// The node is shutting down: its clients left.
+    /// The node is shutting down: its entries left.
     Bye { node: u64 },
 }
 
-impl Message {
+impl<T> Message<T> {
     fn node(&self) -> u64 {
         match self {
             Self::Full { node, .. }
@@ -81,8 +144,8 @@ impl Message {
     }
 }
 
-/// Shares `presence` with the other nodes on `client` under `prefix` and lists theirs, until
-/// `shutdown`.
+/// Shares `presence` with the other nodes on `client` under `prefix` (subject
+/// `<prefix>.presence`) and lists theirs, until `shutdown`.
 ///
 /// # Errors
 /// When the subscription cannot be made.
@@ -92,12 +155,24 @@ pub async fn share(
     prefix: &str,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let subject = format!("{prefix}.presence");
+    share_list(presence, client, format!("{prefix}.presence"), shutdown).await
+}
+
+/// Shares `list` with the other nodes on `subject` and lists theirs, until `shutdown`.
+///
+/// # Errors
+/// When the subscription cannot be made.
+pub async fn share_list<L: SharedList>(
+    list: Arc<L>,
+    client: async_nats::Client,
+    subject: String,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
     let subscriber = client
         .subscribe(subject.clone())
         .await
         .map_err(|e| StoreError::Backend(format!("cannot subscribe to {subject}: {e}")))?;
-    presence.start_sharing();
+    list.start_sharing();
     let node = rand::random::<u64>();
     let max_message = client
         .server_info()
@@ -106,14 +181,14 @@ pub async fn share(
         .clamp(1024, MAX_MESSAGE);
     let asked = Arc::new(Notify::new());
     tokio::spawn(listen(
-        presence.clone(),
+        list.clone(),
         subscriber,
         node,
         asked.clone(),
         shutdown.clone(),
     ));
     let sender = Sender {
-        presence,
+        list,
         client,
         subject,
         node,
@@ -124,9 +199,9 @@ pub async fn share(
     Ok(())
 }
 
-/// Publishes this node's clients.
-struct Sender {
-    presence: Arc<Presence>,
+/// Publishes this node's entries.
+struct Sender<L: SharedList> {
+    list: Arc<L>,
     client: async_nats::Client,
     subject: String,
     node: u64,
@@ -134,9 +209,10 @@ struct Sender {
     max_message: usize,
 }
 
-impl Sender {
+impl<L: SharedList> Sender<L> {
     async fn run(mut self, asked: Arc<Notify>, shutdown: CancellationToken) {
-        self.publish(&Message::Hello { node: self.node }).await;
+        self.publish(&Message::<L::Item>::Hello { node: self.node })
+            .await;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -144,7 +220,7 @@ impl Sender {
                 () = shutdown.cancelled() => break,
                 _ = heartbeat.tick() => self.full().await,
                 () = asked.notified() => self.full().await,
-                () = self.presence.unshared_changed.notified() => {
+                () = self.list.local_changed().notified() => {
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(COALESCE) => {}
@@ -153,46 +229,47 @@ impl Sender {
                 }
             }
         }
-        self.publish(&Message::Bye { node: self.node }).await;
+        self.publish(&Message::<L::Item>::Bye { node: self.node })
+            .await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
     }
 
-    /// Every local client, in as many parts as needed.
+    /// Every local entry, in as many parts as needed.
     async fn full(&mut self) {
-        let clients = self.presence.take_unshared(true);
-        let parts = chunks(clients, self.max_message);
+        let entries = self.list.take_unshared(true);
+        let parts = chunks(entries, self.max_message);
         let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
         self.seq += 1;
-        for (part, clients) in (0..count).zip(parts) {
+        for (part, entries) in (0..count).zip(parts) {
             let message = Message::Full {
                 node: self.node,
                 seq: self.seq,
                 part,
                 parts: count,
-                clients,
+                entries,
             };
             self.publish(&message).await;
         }
     }
 
-    /// The local clients changed since the last message, if any.
+    /// The local entries changed since the last message, if any.
     async fn delta(&mut self) {
-        let changes = self.presence.take_unshared(false);
+        let changes = self.list.take_unshared(false);
         if changes.is_empty() {
             return;
         }
-        for clients in chunks(changes, self.max_message) {
+        for entries in chunks(changes, self.max_message) {
             self.seq += 1;
             let message = Message::Delta {
                 node: self.node,
                 seq: self.seq,
-                clients,
+                entries,
             };
             self.publish(&message).await;
         }
     }
 
-    async fn publish(&self, message: &Message) {
+    async fn publish(&self, message: &Message<L::Item>) {
         let Ok(json) = serde_json::to_vec(message) else {
             return;
         };
@@ -202,18 +279,18 @@ impl Sender {
             .publish(self.subject.clone(), Bytes::from(json))
             .await
         {
-            tracing::debug!(error = %e, "cannot share presence");
+            tracing::debug!(error = %e, subject = %self.subject, "cannot share a node's list");
         }
     }
 }
 
-/// `clients` as entries, split into lists of at most `max` bytes of JSON each (at least one
-/// list, maybe empty).
-fn chunks(clients: Vec<(String, Option<Shared>)>, max: usize) -> Vec<Vec<Entry>> {
+/// `entries` as message entries, split into lists of at most `max` bytes of JSON each (at
+/// least one list, maybe empty).
+fn chunks<T: Serialize>(entries: Vec<(String, Option<T>)>, max: usize) -> Vec<Vec<Entry<T>>> {
     let mut lists = vec![Vec::new()];
     let mut size = 0;
-    for (id, client) in clients {
-        let entry = Entry { id, client };
+    for (id, item) in entries {
+        let entry = Entry { id, item };
         let len = serde_json::to_vec(&entry).map_or(0, |v| v.len()) + 1;
         if size + len > max
             && let Some(last) = lists.last()
@@ -231,23 +308,23 @@ fn chunks(clients: Vec<(String, Option<Shared>)>, max: usize) -> Vec<Vec<Entry>>
 }
 
 /// What this node knows of another.
-struct Peer {
+struct Peer<T> {
     heard: Instant,
     /// Sequence of the last message applied; `None` until a full list arrived (or after a gap).
     applied: Option<u64>,
-    /// A full list being received: its sequence, the next part expected, and the clients so far.
-    assembling: Option<(u64, u32, BTreeMap<String, Shared>)>,
+    /// A full list being received: its sequence, the next part expected, and the entries so far.
+    assembling: Option<(u64, u32, BTreeMap<String, T>)>,
 }
 
-/// Applies the other nodes' messages to `presence` and forgets silent nodes, until `shutdown`.
-async fn listen(
-    presence: Arc<Presence>,
+/// Applies the other nodes' messages to `list` and forgets silent nodes, until `shutdown`.
+async fn listen<L: SharedList>(
+    list: Arc<L>,
     mut subscriber: async_nats::Subscriber,
     own: u64,
     asked: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut peers: HashMap<u64, Peer> = HashMap::new();
+    let mut peers: HashMap<u64, Peer<L::Item>> = HashMap::new();
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         let message = tokio::select! {
@@ -257,8 +334,8 @@ async fn listen(
                 peers.retain(|node, peer| {
                     let alive = now.duration_since(peer.heard) < EXPIRY;
                     if !alive {
-                        tracing::info!(node, "a cluster node went silent; its clients left");
-                        presence.drop_node(*node);
+                        tracing::info!(node, "a cluster node went silent; its entries left");
+                        list.drop_node(*node);
                     }
                     alive
                 });
@@ -269,7 +346,7 @@ async fn listen(
                 None => return,
             },
         };
-        let Ok(message) = serde_json::from_slice::<Message>(&message.payload) else {
+        let Ok(message) = serde_json::from_slice::<Message<L::Item>>(&message.payload) else {
             continue;
         };
         let node = message.node();
@@ -286,13 +363,13 @@ async fn listen(
             Message::Hello { .. } => asked.notify_one(),
             Message::Bye { .. } => {
                 peers.remove(&node);
-                presence.drop_node(node);
+                list.drop_node(node);
             }
-            Message::Delta { seq, clients, .. } => {
+            Message::Delta { seq, entries, .. } => {
                 if peer.applied.is_some_and(|applied| seq == applied + 1) {
                     peer.applied = Some(seq);
-                    let changes = clients.into_iter().map(|e| (e.id, e.client)).collect();
-                    presence.update_node(node, changes);
+                    let changes = entries.into_iter().map(|e| (e.id, e.item)).collect();
+                    list.update_node(node, changes);
                 } else {
                     // A gap: wait for the next full list.
                     peer.applied = None;
@@ -302,7 +379,7 @@ async fn listen(
                 seq,
                 part,
                 parts,
-                clients,
+                entries,
                 ..
             } => {
                 let mut assembling = match peer.assembling.take() {
@@ -312,11 +389,11 @@ async fn listen(
                 };
                 assembling
                     .2
-                    .extend(clients.into_iter().filter_map(|e| Some((e.id, e.client?))));
+                    .extend(entries.into_iter().filter_map(|e| Some((e.id, e.item?))));
                 assembling.1 += 1;
                 if assembling.1 >= parts {
                     peer.applied = Some(seq);
-                    presence.set_node(node, assembling.2);
+                    list.set_node(node, assembling.2);
                 } else {
                     peer.assembling = Some(assembling);
                 }
@@ -351,7 +428,7 @@ mod tests {
         );
         assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), 1000);
         assert_eq!(
-            chunks(Vec::new(), 4096).len(),
+            chunks::<Shared>(Vec::new(), 4096).len(),
             1,
             "an empty list is one message"
         );
@@ -362,25 +439,29 @@ mod tests {
         let message = Message::Delta {
             node: 7,
             seq: 3,
-            clients: vec![
+            entries: vec![
                 Entry {
                     id: "x".into(),
-                    client: client(&["a"]),
+                    item: client(&["a"]),
                 },
                 Entry {
                     id: "gone".into(),
-                    client: None,
+                    item: None,
                 },
             ],
         };
         let json = serde_json::to_string(&message).expect("json");
         assert!(json.contains(r#""kind":"delta""#), "{json}");
-        let back: Message = serde_json::from_str(&json).expect("parse");
+        assert!(
+            json.contains(r#""clients":[{"id":"x","client":{"#),
+            "{json}"
+        );
+        let back: Message<Shared> = serde_json::from_str(&json).expect("parse");
         assert_eq!(back.node(), 7);
-        let Message::Delta { clients, .. } = back else {
+        let Message::Delta { entries, .. } = back else {
             panic!("a delta")
         };
-        assert_eq!(clients[1].client, None);
+        assert_eq!(entries[1].item, None);
     }
 
     #[test]
