@@ -6,23 +6,34 @@
 //! after the caller arrived*, so it reflects every write completed before the call, exactly as
 //! a read of its own would. Reads of one key run one at a time; everyone who arrives while one
 //! is in flight shares the next. However many callers arrive, a key costs at most one request
-//! per round trip.
+//! per round trip. Waiters are woken all at once when a read ends (a watch channel), not one
+//! after another, so a thousand of them do not queue behind each other's wake-ups.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 /// The last read of one key: the ticket taken when it started, and its answer.
 type Last<V> = Option<(u64, Result<V, String>)>;
+
+/// One key's reads.
+struct Slot<V> {
+    /// Whether a read is in flight.
+    running: AtomicBool,
+    /// The last read's answer; every waiter is woken at once when it changes.
+    last: watch::Sender<Last<V>>,
+}
 
 /// Coalesced fresh reads, by key.
 pub struct FreshReads<K, V> {
     /// Tickets order arrivals and read starts.
     tickets: AtomicU64,
     /// One slot per key being read; a slot is removed when its last caller leaves.
-    slots: Mutex<HashMap<K, Arc<tokio::sync::Mutex<Last<V>>>>>,
+    slots: Mutex<HashMap<K, Arc<Slot<V>>>>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> Default for FreshReads<K, V> {
@@ -31,6 +42,17 @@ impl<K: Eq + Hash + Clone, V: Clone> Default for FreshReads<K, V> {
             tickets: AtomicU64::new(0),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+/// Lets the other callers of a key take over when a read in flight is dropped unfinished.
+struct Running<'a, V>(&'a Slot<V>);
+
+impl<V> Drop for Running<'_, V> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+        // Wakes the waiters whether or not an answer was stored.
+        self.0.last.send_modify(|_| {});
     }
 }
 
@@ -52,21 +74,39 @@ impl<K: Eq + Hash + Clone, V: Clone> FreshReads<K, V> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key.clone())
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    running: AtomicBool::new(false),
+                    last: watch::Sender::new(None),
+                })
+            })
             .clone();
-        let answer = {
-            // Fair (FIFO): a caller waits for at most the read in flight and the next one.
-            let mut last = slot.lock().await;
-            match &*last {
-                Some((started, answer)) if *started > arrived => answer.clone(),
-                _ => {
-                    let started = self.tickets.fetch_add(1, Ordering::AcqRel);
-                    let answer = read().await.map_err(|e| e.to_string());
-                    *last = Some((started, answer.clone()));
-                    answer
-                }
+        let mut rx = slot.last.subscribe();
+        let answer = loop {
+            if let Some((started, answer)) = &*rx.borrow_and_update()
+                && *started > arrived
+            {
+                break answer.clone();
+            }
+            let lead = slot
+                .running
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if lead {
+                let running = Running(&slot);
+                let started = self.tickets.fetch_add(1, Ordering::AcqRel);
+                let answer = read().await.map_err(|e| e.to_string());
+                slot.last.send_replace(Some((started, answer.clone())));
+                drop(running);
+                break answer;
+            }
+            // A read is in flight: wait for it (any change since the borrow above counts),
+            // then take its answer if it started after this call, or lead the next one.
+            if rx.changed().await.is_err() {
+                break Err("the read was abandoned".to_owned());
             }
         };
+        drop(rx);
         let mut slots = self
             .slots
             .lock()
@@ -152,5 +192,29 @@ mod tests {
         assert_eq!(slow_failure.await.expect("task"), Err("timed out".into()));
         assert_eq!(next, Ok(7));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_dropped_unfinished_lets_a_waiter_read() {
+        let reads = Arc::new(FreshReads::<u8, u8>::default());
+        let leader = {
+            let reads = reads.clone();
+            tokio::spawn(async move {
+                reads
+                    .read(1, || async {
+                        std::future::pending::<()>().await;
+                        Ok::<u8, String>(0)
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let waiter = {
+            let reads = reads.clone();
+            tokio::spawn(async move { reads.read(1, || async { Ok::<u8, String>(9) }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        leader.abort();
+        assert_eq!(waiter.await.expect("waiter"), Ok(9));
     }
 }
