@@ -793,14 +793,26 @@ async fn streams_opening_at_once_get_one_cut_then_the_live_feed() {
         async {
             let cluster = NatsCluster::start();
             let a = node(&cluster, &[]);
-            let b = node(&cluster, &[]);
             let token = a.api().user("ada").await;
-            let mut written = insert_in_rooms(&a.api(), &token, 0..20).await;
+            // Events written only before B started (B's snapshots read them from JetStream,
+            // once) and events written after (in B's own window).
+            let mut written = Vec::new();
+            for i in 0..10u64 {
+                let channel = if i % 2 == 0 { "room" } else { "hall" };
+                let event = format!("before{i}");
+                let answer = a
+                    .api()
+                    .insert(&token, &event, json!(i), Some(channel))
+                    .await;
+                written.push((id_of(&answer), channel, event));
+            }
+            let b = node(&cluster, &[]);
+            written.extend(insert_in_rooms(&a.api(), &token, 0..30).await);
             // Inserts go on through A while STORM streams open on B, half of them for one
             // channel only.
             let writer = {
                 let (api, token) = (a.api(), token.clone());
-                tokio::spawn(async move { insert_in_rooms(&api, &token, 20..80).await })
+                tokio::spawn(async move { insert_in_rooms(&api, &token, 30..90).await })
             };
             let mut opening = tokio::task::JoinSet::new();
             for k in 0..STORM {
