@@ -754,3 +754,155 @@ async fn the_admin_api_sees_and_changes_every_node() {
     })
     .await;
 }
+
+/// Streams opened at once on one node in the storm tests: enough for their snapshots and
+/// replays to overlap many times over, few enough for `make test` on two cores.
+const STORM: usize = 300;
+
+/// The ids of an event list's records (`$synced` and other control events left out).
+fn record_ids(events: &[SseEvent]) -> Vec<u64> {
+    let records: Vec<SseEvent> = events
+        .iter()
+        .filter(|e| !e.event.starts_with('$'))
+        .cloned()
+        .collect();
+    ids(&records)
+}
+
+/// Inserts event `e{i % 5}` with data `i` for each `i` of `numbers` through `api`, into
+/// channel `room` for even `i` and `hall` for odd, one at a time; returns (id, channel, event).
+async fn insert_in_rooms(
+    api: &common::Api,
+    token: &str,
+    numbers: std::ops::Range<u64>,
+) -> Vec<(u64, &'static str, String)> {
+    let mut written = Vec::new();
+    for i in numbers {
+        let channel = if i % 2 == 0 { "room" } else { "hall" };
+        let event = format!("e{}", i % 5);
+        let answer = api.insert(token, &event, json!(i), Some(channel)).await;
+        written.push((id_of(&answer), channel, event));
+    }
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opening_at_once_get_one_cut_then_the_live_feed() {
+    limited(
+        "streams_opening_at_once_get_one_cut_then_the_live_feed",
+        async {
+            let cluster = NatsCluster::start();
+            let a = node(&cluster, &[]);
+            let token = a.api().user("ada").await;
+            // Events written only before B started (B's snapshots read them from JetStream,
+            // once) and events written after (in B's own window).
+            let mut written = Vec::new();
+            for i in 0..10u64 {
+                let channel = if i % 2 == 0 { "room" } else { "hall" };
+                let event = format!("before{i}");
+                let answer = a
+                    .api()
+                    .insert(&token, &event, json!(i), Some(channel))
+                    .await;
+                written.push((id_of(&answer), channel, event));
+            }
+            let b = node(&cluster, &[]);
+            written.extend(insert_in_rooms(&a.api(), &token, 0..30).await);
+            // Inserts go on through A while STORM streams open on B, half of them for one
+            // channel only.
+            let writer = {
+                let (api, token) = (a.api(), token.clone());
+                tokio::spawn(async move { insert_in_rooms(&api, &token, 30..90).await })
+            };
+            let mut opening = tokio::task::JoinSet::new();
+            for k in 0..STORM {
+                let (api, token) = (b.api(), token.clone());
+                let path = if k % 2 == 0 {
+                    "/events?channels=room"
+                } else {
+                    "/events"
+                };
+                opening.spawn(async move { (k, api.stream(path, Some(&token), None).await) });
+            }
+            let streams = opening.join_all().await;
+            written.extend(writer.await.expect("writer"));
+            let mut reading = tokio::task::JoinSet::new();
+            for (k, mut stream) in streams {
+                let only_room = k % 2 == 0;
+                let mine: Vec<(u64, String)> = written
+                    .iter()
+                    .filter(|(_, channel, _)| !only_room || *channel == "room")
+                    .map(|(id, channel, event)| (*id, format!("{channel}/{event}")))
+                    .collect();
+                reading.spawn(async move {
+                    let (snapshot, synced) = stream.until_synced().await;
+                    let synced: u64 = synced.parse().expect("$synced id");
+                    // The snapshot is the latest version of each event as of its cut.
+                    let mut latest = std::collections::HashMap::new();
+                    for (id, key) in mine.iter().filter(|(id, _)| *id <= synced) {
+                        latest.insert(key.clone(), *id);
+                    }
+                    let mut expected: Vec<u64> = latest.into_values().collect();
+                    expected.sort_unstable();
+                    assert_eq!(ids(&snapshot), expected, "stream {k}: snapshot at {synced}");
+                    // Then every later record of its channels, once, in order.
+                    let after: Vec<u64> = mine
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| *id > synced)
+                        .collect();
+                    if let Some(&last) = after.last() {
+                        let live = record_ids(&events_until(&mut stream, last).await);
+                        assert_eq!(live, after, "stream {k}: live feed after {synced}");
+                    }
+                });
+            }
+            reading.join_all().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_resuming_at_once_from_different_ids_get_exactly_what_they_missed() {
+    limited(
+        "streams_resuming_at_once_from_different_ids_get_exactly_what_they_missed",
+        async {
+            let cluster = NatsCluster::start();
+            let a = node(&cluster, &[]);
+            let token = a.api().user("ada").await;
+            // Records from before B started (read from JetStream) and after (B's own window).
+            let mut inserted = insert_numbered(&a.api(), &token, 0..40).await;
+            let b = node(&cluster, &[]);
+            inserted.extend(insert_numbered(&a.api(), &token, 40..80).await);
+            let writer = {
+                let (api, token) = (a.api(), token.clone());
+                tokio::spawn(async move { insert_numbered(&api, &token, 80..120).await })
+            };
+            let mut opening = tokio::task::JoinSet::new();
+            for k in 0..STORM {
+                let (api, token) = (b.api(), token.clone());
+                let from = inserted[k % inserted.len()];
+                opening.spawn(async move {
+                    let stream = api
+                        .stream("/events", Some(&token), Some(&from.to_string()))
+                        .await;
+                    (from, stream)
+                });
+            }
+            let streams = opening.join_all().await;
+            inserted.extend(writer.await.expect("writer"));
+            let last = *inserted.last().expect("inserted");
+            let mut reading = tokio::task::JoinSet::new();
+            for (from, mut stream) in streams {
+                let missed: Vec<u64> = inserted.iter().copied().filter(|id| *id > from).collect();
+                reading.spawn(async move {
+                    let got = record_ids(&events_until(&mut stream, last).await);
+                    assert_eq!(got, missed, "resumed after {from}");
+                });
+            }
+            reading.join_all().await;
+        },
+    )
+    .await;
+}

@@ -85,8 +85,9 @@ pub struct Args {
     /// Pid of the server, to read its resident memory from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// A subscriber whose stream ends or fails opens it again, on the next URL of `--url`,
-    /// with `Last-Event-ID` (a cluster's failover); the run reports when the last one was
+    /// A subscriber whose stream ends or fails opens it again, on another URL of `--url`,
+    /// with `Last-Event-ID` (a cluster's failover); the subscribers of one URL alternate
+    /// between the others, as behind a load balancer. The run reports when the last one was
     /// live again.
     #[arg(long)]
     pub reconnect: bool,

@@ -179,12 +179,16 @@ impl LocalGroup {
                     i,
                 ),
                 fallbacks: if self.spec.reconnect {
+                    // The other nodes, in an order that alternates between the subscribers
+                    // of a node, so that a dead node's subscribers spread over the others as
+                    // behind a load balancer, instead of all trying the next node first.
                     let n = self.spec.url.split(',').count();
                     (1..n)
                         .map(|j| {
+                            let other = 1 + (j - 1 + i / n) % (n - 1);
                             profile::stream_url(
                                 self.spec.wire,
-                                crate::config::pick_url(&self.spec.url, i + j),
+                                crate::config::pick_url(&self.spec.url, i + other),
                                 &self.spec.channel,
                                 i,
                             )

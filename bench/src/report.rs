@@ -60,7 +60,8 @@ pub struct Results {
     pub memory_series: Vec<MemoryPoint>,
     /// Subscribers that opened their stream again on another node (`--reconnect`).
     pub reconnected: usize,
-    /// From `--kill-pid`'s kill until the last of them was live again, seconds.
+    /// From `--kill-pid`'s kill until the last of them had caught up (its `$synced` after the
+    /// replay), seconds.
     pub failover_seconds: Option<f64>,
     /// Each node's memory, when `--node-pids` named the nodes of a cluster.
     pub nodes: Vec<NodeMemory>,
@@ -210,7 +211,7 @@ impl Results {
         ]);
         if a.reconnect {
             rows.push((
-                "failover: subscribers reconnected, last live again after the kill",
+                "failover: subscribers reconnected, last one caught up ($synced) after the kill",
                 format!("{} , {}", self.reconnected, opt(self.failover_seconds, "s")),
             ));
         }

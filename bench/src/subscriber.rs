@@ -28,7 +28,8 @@ pub struct Progress {
     pub error: std::sync::OnceLock<String>,
     /// Times its stream was opened again after it ended (`--reconnect`).
     pub reconnects: AtomicU64,
-    /// When it was last opened again, µs since the Unix epoch (0: never).
+    /// When it was last opened again, or caught up again after that (the resumed stream's
+    /// `$synced`), µs since the Unix epoch (0: never).
     pub reconnected_us: AtomicU64,
 }
 
@@ -181,6 +182,12 @@ impl Subscriber {
                 }
                 if profile::is_synced(self.wire, event) {
                     self.progress.synced.store(true, Ordering::Release);
+                    if self.progress.reconnects.load(Ordering::Relaxed) > 0 {
+                        // A resumed stream's `$synced` follows its replay: it is current again.
+                        self.progress
+                            .reconnected_us
+                            .fetch_max(now, Ordering::Relaxed);
+                    }
                 } else if !self.progress.synced.load(Ordering::Relaxed) {
                     // Snapshot (or lastEvent) of earlier runs: not part of this one.
                 } else if let Some(sample) = profile::parse(self.wire, event, data) {

@@ -1,8 +1,8 @@
 //! Durable storage of records and users, behind the [`Store`] trait.
 //!
 //! The HTTP layer only ever talks to a `dyn Store`, so backends are interchangeable: today the
-//! embedded `redb` store ([`embedded`]); the NATS JetStream store of cluster mode is to follow
-//! behind the same seam. Every implementation must pass the conformance suite in
+//! embedded `redb` store ([`embedded`]) and the NATS JetStream store of cluster mode
+//! ([`jetstream`]). Every implementation must pass the conformance suite in
 //! `conformance.rs`, and keep the rules stated on [`Store`].
 //!
 //! The backend owns the ordered feed of commits: the hub does not construct the store, it

@@ -6,7 +6,10 @@
 //! one atomic batch with consecutive ids). An older server is refused at start with a message
 //! naming the version found and the one needed.
 
+pub mod fresh;
+pub mod local;
 pub mod patience;
+pub mod record_cache;
 pub mod store;
 pub mod subject;
 pub mod version;

@@ -18,9 +18,12 @@ const MAX_PAUSE: Duration = Duration::from_millis(400);
 
 /// Whether an error from `async-nats` is NATS's "no responders" (status 503): nothing listens
 /// on the request's subject for now. The crate reports it in different error kinds depending on
-/// the call, so it is recognised by its message.
+/// the call, so it is recognised by its message. A publish answered "no stream found for given
+/// subject" is the same moment seen from another side: a server of a cluster that has just
+/// started has not yet learnt of a stream created a moment ago.
 pub fn no_responders(error: &impl Display) -> bool {
-    error.to_string().contains("no responders")
+    let message = error.to_string();
+    message.contains("no responders") || message.contains("no stream found for given subject")
 }
 
 /// Runs `op`, trying again while it fails with "no responders", for up to [`PATIENCE`]. Any
@@ -62,6 +65,20 @@ mod tests {
         .await;
         assert_eq!(result, Ok(7));
         assert_eq!(tries.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_not_known_yet_is_retried() {
+        let tries = AtomicUsize::new(0);
+        let result: Result<u32, String> = patiently(|| async {
+            if tries.fetch_add(1, Ordering::SeqCst) < 1 {
+                Err("ack error: no stream found for given subject".to_owned())
+            } else {
+                Ok(1)
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,9 +15,16 @@
 //! - **Feed**: one ordered consumer per node, from the sequence after the last one at attach
 //!   time, hands each JetStream batch to the hub as one commit (each message carries its
 //!   batch's size and its index in it).
-//! - **Snapshots** are one cut: see [`JetStreamStore::latest_cut`].
+//! - **Reads for streams** ask JetStream nothing in the usual case, so that tens of thousands
+//!   of streams opening (or resuming) at once cost no more requests than one: snapshots come
+//!   from the node's own index of the latest id of every event and replays from its window of
+//!   recent records ([`super::local`]), both kept by the feed; snapshot records outside the
+//!   window are read once and shared ([`super::record_cache`]); the stream's last id and the
+//!   users are read with fresh reads shared between concurrent callers ([`super::fresh`]).
+//!   Before the feed starts, or if it ever finds a hole in the ids, reads go to JetStream:
+//!   snapshots are then one cut made as [`JetStreamStore::latest_cut`] says.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -30,7 +37,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use super::fresh::FreshReads;
+use super::local::LocalView;
 use super::patience::{no_responders, patiently};
+use super::record_cache::RecordCache;
 use super::subject;
 use super::{NatsOptions, connect};
 use crate::store::{
@@ -52,6 +62,13 @@ const MAX_CONFLICTS: usize = 64;
 
 /// Parallel single-message reads of one page.
 const READ_CONCURRENCY: usize = 32;
+
+/// Most bytes of recent records a node keeps for replays ([`LocalView`]): a stream resuming
+/// from an id within them replays from memory.
+const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most bytes of older records kept once read for snapshots ([`RecordCache`]).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A record as stored in a stream message (the id is the message's sequence).
 #[derive(Serialize, Deserialize)]
@@ -103,6 +120,17 @@ pub struct JetStreamStore {
     writer: mpsc::Sender<Append>,
     closed: Arc<AtomicBool>,
     feed: OnceLock<tokio::task::JoinHandle<()>>,
+    /// The node's index and recent records, kept by the feed.
+    local: Arc<LocalView>,
+    /// The highest id this node has written: a local read first waits until the feed has
+    /// applied it, so that a node always reads its own writes.
+    acked: AtomicU64,
+    /// Snapshot records read from JetStream, shared.
+    cache: RecordCache,
+    /// The stream's last sequence, read afresh and shared.
+    last_reads: FreshReads<(), u64>,
+    /// Users' stored values, read afresh and shared, by key.
+    user_reads: FreshReads<String, Option<Bytes>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -167,6 +195,11 @@ impl JetStreamStore {
             writer: tx,
             closed,
             feed: OnceLock::new(),
+            local: Arc::new(LocalView::new(WINDOW_BYTES)),
+            acked: AtomicU64::new(0),
+            cache: RecordCache::new(CACHE_BYTES),
+            last_reads: FreshReads::default(),
+            user_reads: FreshReads::default(),
         })
     }
 
@@ -309,6 +342,21 @@ impl JetStreamStore {
             Ok(message) => decode(message.sequence, &message.payload).map(Some),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Whether the node's view answers and holds every record this node has written.
+    async fn local_ready(&self) -> bool {
+        self.local
+            .caught_up(self.acked.load(Ordering::Acquire), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// The record with sequence `id`: from the recent window, the shared cache, or JetStream.
+    async fn shared_get(&self, id: u64) -> Result<Option<Arc<Record>>, StoreError> {
+        match self.local.get(id) {
+            Some(record) => Ok(Some(record)),
+            None => self.cache.get(id, || self.get(id)).await,
         }
     }
 
@@ -728,6 +776,12 @@ impl Writer {
 impl Store for JetStreamStore {
     async fn feed(&self, sink: Arc<dyn CommitListener>) -> Result<(), StoreError> {
         let after = self.last_id().await?;
+        // The node's view starts from a cut read now (as of `after` or later); the consumer
+        // brings everything after `after`.
+        let cut = self.latest_cut(|_| true).await?;
+        self.local.load(&cut, after);
+        self.cache.put(&cut);
+        let local = self.local.clone();
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
@@ -744,6 +798,13 @@ impl Store for JetStreamStore {
             .await
             .map_err(|e| backend(format!("cannot read the ordered consumer: {e}")))?;
         let task = tokio::spawn(async move {
+            // The view first, then the hub: a record is readable before the feed reports it.
+            let deliver = |commit: Vec<Arc<Record>>| {
+                let fresh = local.apply(&commit);
+                if !fresh.is_empty() {
+                    sink.committed(&fresh);
+                }
+            };
             let mut pending: Vec<Arc<Record>> = Vec::new();
             while let Some(message) = messages.next().await {
                 let message = match message {
@@ -758,11 +819,11 @@ impl Store for JetStreamStore {
                 match decode_wire(seq, &message.payload) {
                     Ok((record, n, i)) => {
                         if i == 0 && !pending.is_empty() {
-                            sink.committed(&std::mem::take(&mut pending));
+                            deliver(std::mem::take(&mut pending));
                         }
                         pending.push(record);
                         if i + 1 >= n {
-                            sink.committed(&std::mem::take(&mut pending));
+                            deliver(std::mem::take(&mut pending));
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "undecodable record in the stream"),
@@ -787,17 +848,30 @@ impl Store for JetStreamStore {
             .send(Append { batch, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let records = rx.await.map_err(|_| StoreError::Closed)??;
+        if let Some(last) = records.last() {
+            self.acked.fetch_max(last.id, Ordering::AcqRel);
+        }
+        Ok(records)
     }
 
     async fn last_id(&self) -> Result<u64, StoreError> {
-        let info = patiently(|| self.stream.get_info())
+        self.last_reads
+            .read((), || async {
+                patiently(|| self.stream.get_info())
+                    .await
+                    .map(|info| info.state.last_sequence)
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(info.state.last_sequence)
+            .map_err(unavailable)
     }
 
     async fn latest(&self, channels: Option<Vec<String>>) -> Result<Vec<Arc<Record>>, StoreError> {
+        if self.local_ready().await
+            && let Some(ids) = self.local.latest_ids(channels.as_deref(), |_| true)
+        {
+            return self.records(ids, usize::MAX).await;
+        }
         self.latest_cut(|c| channels.as_ref().is_none_or(|cs| cs.iter().any(|x| x == c)))
             .await
     }
@@ -815,6 +889,11 @@ impl Store for JetStreamStore {
         channels: Option<Vec<String>>,
         readable: ChannelPredicate,
     ) -> Result<Vec<u64>, StoreError> {
+        if self.local_ready().await
+            && let Some(ids) = self.local.latest_ids(channels.as_deref(), |c| readable(c))
+        {
+            return Ok(ids);
+        }
         let records = self
             .latest_cut(|c| {
                 channels.as_ref().is_none_or(|cs| cs.iter().any(|x| x == c)) && readable(c)
@@ -832,7 +911,7 @@ impl Store for JetStreamStore {
         let mut bytes = 0;
         for chunk in ids.chunks(READ_CONCURRENCY) {
             let page: Vec<Option<Arc<Record>>> =
-                futures_util::stream::iter(chunk.iter().copied().map(|id| self.get(id)))
+                futures_util::stream::iter(chunk.iter().copied().map(|id| self.shared_get(id)))
                     .buffered(READ_CONCURRENCY)
                     .try_collect()
                     .await?;
@@ -853,6 +932,11 @@ impl Store for JetStreamStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Arc<Record>>, StoreError> {
+        if self.local_ready().await
+            && let Some(page) = self.local.since(after, limit, max_bytes)
+        {
+            return Ok(page);
+        }
         let last = self.last_id().await?;
         if after >= last {
             return Ok(Vec::new());
@@ -919,7 +1003,12 @@ impl Store for JetStreamStore {
 
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
         let bucket = format!("{}_users", self.prefix);
-        let value = read_key(&self.users_stream, &bucket, &subject::encode(username)).await?;
+        let key = subject::encode(username);
+        let value = self
+            .user_reads
+            .read(key.clone(), || read_key(&self.users_stream, &bucket, &key))
+            .await
+            .map_err(unavailable)?;
         value
             .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
