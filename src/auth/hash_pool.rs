@@ -1,6 +1,6 @@
-//! A bound on Argon2 work. One Argon2id run holds 19 MiB for its duration, so password checks
+//! A bound on Argon2 work. One Argon2id run holds 7 MiB for its duration, so password checks
 //! run at most one per core at a time, a few more wait their turn, and beyond that the caller
-//! gets `429` at once instead of the server growing a blocking thread (and 19 MiB) per attempt.
+//! gets `429` at once instead of the server growing a blocking thread (and 7 MiB) per attempt.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
