@@ -901,10 +901,10 @@ async fn protected_resource_metadata() {
     );
 }
 
-#[tokio::test]
-async fn active_subscriptions_are_announced_and_listed() {
-    let server = hub(&["--mercure-subscriptions"]);
-    let watcher_token = access_token(
+/// A subscriber to every subscription event of `server`, past the announcement of its own
+/// subscription, and its token (which may also read the subscriptions API).
+async fn watch_subscriptions(server: &Server) -> (SseStream, String) {
+    let token = access_token(
         &["subscribe"],
         json!([{"match": "/.well-known/mercure/subscriptions{/*}?", "match_type": "urlpattern"}]),
     );
@@ -912,9 +912,15 @@ async fn active_subscriptions_are_announced_and_listed() {
         "match_urlpattern",
         "/.well-known/mercure/subscriptions/:type/:match/:subscriber",
     )]);
-    let mut watcher = subscribe(&server, &q, Some(&watcher_token)).await;
-    let own = watcher.next_event().await;
-    assert_eq!(own.event, "mercure");
+    let mut watcher = subscribe(server, &q, Some(&token)).await;
+    assert_eq!(watcher.next_event().await.event, "mercure", "its own");
+    (watcher, token)
+}
+
+#[tokio::test]
+async fn active_subscriptions_are_announced_and_listed() {
+    let server = hub(&["--mercure-subscriptions"]);
+    let (mut watcher, watcher_token) = watch_subscriptions(&server).await;
     let subscriber = subscribe(
         &server,
         "match=https%3A%2F%2Fexample.com%2Fwatched",
@@ -1077,16 +1083,7 @@ async fn subscription_events(watcher: &mut SseStream, count: usize) -> Vec<Value
 #[tokio::test]
 async fn subscription_payloads_come_from_both_token_forms() {
     let server = hub(&["--mercure-subscriptions"]);
-    let watcher_token = access_token(
-        &["subscribe"],
-        json!([{"match": "/.well-known/mercure/subscriptions{/*}?", "match_type": "urlpattern"}]),
-    );
-    let q = query(&[(
-        "match_urlpattern",
-        "/.well-known/mercure/subscriptions/:type/:match/:subscriber",
-    )]);
-    let mut watcher = subscribe(&server, &q, Some(&watcher_token)).await;
-    assert_eq!(watcher.next_event().await.event, "mercure", "its own");
+    let (mut watcher, watcher_token) = watch_subscriptions(&server).await;
 
     // The current form: the payload of the first subscribe detail whose topics match the
     // subscription's matcher taken as a topic; `*` as the default.
