@@ -166,7 +166,8 @@ async fn peek_stream_request(stream: &Tracked<TcpStream>) -> io::Result<Option<(
         let mut buf = vec![0u8; size];
         let n = stream.peek_beyond(&mut buf, seen).await?;
         let bytes = &buf[..n];
-        if n == 0 || !head_pending(bytes) {
+        // Nothing more will come (the client closed its side), or the head is complete.
+        if n <= seen || !head_pending(bytes) {
             return Ok(parse_stream_request(bytes));
         }
         if n == size {

@@ -248,6 +248,22 @@ async fn request_heads_that_arrive_in_pieces_are_served() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_its_side_mid_head_is_let_go_at_once() {
+    let server = Server::start(&["--no-auth", "--header-timeout", "60"]);
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    write_in_pieces(&mut tcp, &["GET /health HTTP/1.1\r\nHo"]).await;
+    tcp.shutdown().await.expect("half-close");
+    // Nothing more can come, so the server does not wait for the header timeout.
+    closed_by(
+        &mut tcp,
+        Instant::now() + Duration::from_secs(5),
+        "half-closed partial head",
+    )
+    .await;
+    assert_eq!(health(&common::client(), &server).await, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_close_but_streams_do_not() {
     let server = Server::start(&[
         "--no-auth",

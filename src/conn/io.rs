@@ -162,18 +162,24 @@ impl<IO> Tracked<IO> {
 }
 
 impl Tracked<TcpStream> {
-    /// Waits until more than `seen` bytes have arrived (or the client has closed its side),
-    /// then copies what has arrived into `buf` without consuming it. Returns the bytes copied:
-    /// more than `seen`, `buf.len()` when it is full, or 0 at the end of the stream.
+    /// Waits until more than `seen` bytes have arrived, then copies what has arrived into
+    /// `buf` without consuming it. Returns the bytes copied: more than `seen`, `buf.len()` when
+    /// it is full, 0 at the end of the stream, or `seen` (and the same bytes) when the client
+    /// has closed its side after them, so that no more will come.
     ///
     /// # Errors
     /// The socket's, or a timed-out error once the connection was told to close.
     pub async fn peek_beyond(&self, buf: &mut [u8], seen: usize) -> io::Result<usize> {
         let fd = self.io.as_raw_fd();
+        // Whether this wait has cleared the socket's readiness since it last slept: readiness
+        // that is back at once with nothing new is the client's end of stream (which the
+        // readiness keeps), not an arrival.
+        let mut cleared = false;
         std::future::poll_fn(|cx| {
             loop {
                 match self.io.poll_read_ready(cx) {
                     Poll::Pending => {
+                        cleared = false;
                         return match self.watch(cx) {
                             Ok(()) => Poll::Pending,
                             Err(e) => Poll::Ready(Err(e)),
@@ -197,7 +203,12 @@ impl Tracked<TcpStream> {
                     }
                 });
                 match peeked {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if cleared {
+                            return Poll::Ready(Ok(seen));
+                        }
+                        cleared = true;
+                    }
                     done => return Poll::Ready(done),
                 }
             }
