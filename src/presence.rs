@@ -80,10 +80,8 @@ pub struct Presence {
     clients: Mutex<BTreeMap<String, Client>>,
     dirty: AtomicBool,
     changed: Notify,
-    /// Cluster mode: local clients changed since they were last shared (`None` otherwise).
-    unshared: Mutex<Option<BTreeSet<String>>>,
-    /// Wakes the task that shares local changes.
-    unshared_changed: Notify,
+    /// Cluster mode: local clients changed since they were last shared.
+    unshared: cluster::Unshared,
     /// Cluster mode: the other nodes' clients.
     remote: Mutex<Remote>,
 }
@@ -167,12 +165,7 @@ impl Presence {
 
     /// Notes a local change for the other nodes (cluster mode); called under the clients lock.
     fn mark_unshared(&self, client_id: &str) {
-        if let Ok(mut unshared) = self.unshared.lock()
-            && let Some(ids) = unshared.as_mut()
-        {
-            ids.insert(client_id.to_owned());
-            self.unshared_changed.notify_one();
-        }
+        self.unshared.mark(client_id);
     }
 
     fn mark_changed(&self) {
@@ -302,9 +295,7 @@ impl Presence {
 
     /// Starts noting local changes for [`Presence::take_unshared`] (cluster mode).
     fn start_sharing(&self) {
-        if let Ok(mut unshared) = self.unshared.lock() {
-            unshared.get_or_insert_with(BTreeSet::new);
-        }
+        self.unshared.start();
     }
 
     /// Local clients changed since the last call, each with its state now (`None`: it left).
@@ -313,12 +304,7 @@ impl Presence {
         let Ok(clients) = self.clients.lock() else {
             return Vec::new();
         };
-        let changed = self
-            .unshared
-            .lock()
-            .ok()
-            .and_then(|mut unshared| unshared.as_mut().map(std::mem::take))
-            .unwrap_or_default();
+        let changed = self.unshared.take();
         let shared = |c: &Client| Shared {
             user: c.user.clone(),
             channels: c.channels.keys().cloned().collect(),

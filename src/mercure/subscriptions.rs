@@ -11,7 +11,7 @@
 //! presence ([`crate::presence::cluster`]), so the API of any node lists every node's; a node
 //! that stops heartbeating has its subscriptions dropped from the list.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use axum::Json;
@@ -28,7 +28,7 @@ use super::token::Role;
 use super::update::{PRIVATE_CHANNEL, StoredUpdate};
 use crate::api::insert::store_records;
 use crate::error::ApiError;
-use crate::presence::cluster::SharedList;
+use crate::presence::cluster::{SharedList, Unshared};
 use crate::state::AppState;
 use crate::store::NewRecord;
 
@@ -41,9 +41,7 @@ pub const PATH: &str = "/.well-known/mercure/subscriptions";
 pub struct Registry {
     active: Mutex<BTreeMap<String, Value>>,
     /// Cluster mode: ids of local subscriptions changed since they were last shared.
-    unshared: Mutex<Option<BTreeSet<String>>>,
-    /// Wakes the task that shares local changes.
-    unshared_changed: Notify,
+    unshared: Unshared,
     /// Cluster mode: each other node's subscriptions, by node id.
     remote: Mutex<BTreeMap<u64, BTreeMap<String, Value>>>,
 }
@@ -73,12 +71,7 @@ impl Registry {
 
     /// Notes a local change for the other nodes (cluster mode).
     fn mark_unshared(&self, id: &str) {
-        if let Ok(mut unshared) = self.unshared.lock()
-            && let Some(ids) = unshared.as_mut()
-        {
-            ids.insert(id.to_owned());
-            self.unshared_changed.notify_one();
-        }
+        self.unshared.mark(id);
     }
 
     /// The documents, of every node, whose id is `path` or lies under it, sorted by id.
@@ -111,25 +104,18 @@ impl SharedList for Registry {
     type Item = Value;
 
     fn start_sharing(&self) {
-        if let Ok(mut unshared) = self.unshared.lock() {
-            unshared.get_or_insert_with(BTreeSet::new);
-        }
+        self.unshared.start();
     }
 
     fn local_changed(&self) -> &Notify {
-        &self.unshared_changed
+        self.unshared.changed()
     }
 
     fn take_unshared(&self, all: bool) -> Vec<(String, Option<Value>)> {
         let Ok(active) = self.active.lock() else {
             return Vec::new();
         };
-        let changed = self
-            .unshared
-            .lock()
-            .ok()
-            .and_then(|mut unshared| unshared.as_mut().map(std::mem::take))
-            .unwrap_or_default();
+        let changed = self.unshared.take();
         if all {
             return active
                 .iter()

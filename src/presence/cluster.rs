@@ -18,8 +18,8 @@
 //! not heard from for [`EXPIRY`] (killed, or cut off from NATS) is forgotten: its entries leave
 //! within `EXPIRY` plus [`SWEEP`] and the coalescing delay, about 9 s.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +41,47 @@ pub const EXPIRY: Duration = Duration::from_secs(8);
 pub const SWEEP: Duration = Duration::from_secs(1);
 /// Largest message (bytes of JSON) a node publishes; longer lists go in several.
 pub const MAX_MESSAGE: usize = 256 * 1024;
+
+/// The keys of a node's local entries changed since they were last shared: noted only once
+/// sharing has started (cluster mode), with a wake-up for the task that shares them.
+#[derive(Debug, Default)]
+pub struct Unshared {
+    keys: Mutex<Option<BTreeSet<String>>>,
+    changed: Notify,
+}
+
+impl Unshared {
+    /// Starts noting changes.
+    pub fn start(&self) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.get_or_insert_with(BTreeSet::new);
+        }
+    }
+
+    /// Notes that `key` changed, if sharing has started, and wakes the sharing task.
+    pub fn mark(&self, key: &str) {
+        if let Ok(mut keys) = self.keys.lock()
+            && let Some(keys) = keys.as_mut()
+        {
+            keys.insert(key.to_owned());
+            self.changed.notify_one();
+        }
+    }
+
+    /// The keys noted since the last call.
+    pub fn take(&self) -> BTreeSet<String> {
+        self.keys
+            .lock()
+            .ok()
+            .and_then(|mut keys| keys.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    /// Notified when a key is noted.
+    pub fn changed(&self) -> &Notify {
+        &self.changed
+    }
+}
 
 /// A list each node holds for itself and shares with the others, which it lists beside its
 /// own entries.
@@ -70,7 +111,7 @@ impl SharedList for Presence {
     }
 
     fn local_changed(&self) -> &Notify {
-        &self.unshared_changed
+        self.unshared.changed()
     }
 
     fn take_unshared(&self, all: bool) -> Vec<(String, Option<Shared>)> {
