@@ -14,6 +14,7 @@
 //! the bytes are only peeked at. Every plain connection's head is waited for here, so a client
 //! that sends part of a request and then nothing holds no HTTP connection buffers.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -297,9 +298,16 @@ where
 
 /// Reads a client may make while its stream is idle before the writer yields.
 const READS_PER_POLL: usize = 16;
+/// Bytes after which a write takes no more of the body's ready frames.
+const MAX_WRITE: usize = crate::stream::MAX_WRITE;
+/// Frames joined into one write (one chunk when chunked) at most.
+const MAX_FRAMES: usize = 256;
+/// Buffers handed to one vectored write at most.
+const MAX_SLICES: usize = 64;
 
-/// Writes a response body, each chunk straight from the body's own buffer (framed when
-/// chunked), while watching the client's side of the connection for its going away.
+/// Writes a response body straight from the body's own buffers, joining the frames that are
+/// ready into one vectored write (one chunk, framed, when chunked) without copying them,
+/// while watching the client's side of the connection for its going away.
 ///
 /// Hand-written rather than an `async fn` so an idle stream's state is just these fields:
 /// the connection's largest per-subscriber cost after the socket itself.
@@ -311,11 +319,15 @@ struct BodyWriter<'a, IO> {
     size_line: [u8; 20],
     size_at: u8,
     size_end: u8,
-    /// The chunk's data not yet written.
+    /// The first frame of the write not yet written.
     data: Bytes,
+    /// The write's other frames, in order (allocated only while a write has several).
+    more: VecDeque<Bytes>,
     /// How many bytes of the chunk's closing CRLF are left.
     crlf_left: u8,
-    /// The body has ended (and its terminator is queued when chunked).
+    /// The body has no more frames.
+    body_done: bool,
+    /// Everything is queued, the terminator too when chunked.
     ended: bool,
     /// How long a write may make no progress.
     write_timeout: Duration,
@@ -335,37 +347,103 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> BodyWriter<'a, IO> {
             size_at: 0,
             size_end: 0,
             data: Bytes::new(),
+            more: VecDeque::new(),
             crlf_left: 0,
+            body_done: false,
             ended: false,
             write_timeout,
             stall: None,
         }
     }
 
-    /// Queues one chunk of `data` (the last chunk, `0`, when empty and chunked).
-    fn queue(&mut self, data: Bytes) {
+    /// Frames the write gathered in `data` and `more`, `len` bytes in all (the last chunk,
+    /// `0`, when empty and chunked).
+    fn frame(&mut self, len: usize) {
         if self.chunked {
             self.size_at = 0;
-            self.size_end = chunk_size_line(data.len(), &mut self.size_line);
+            self.size_end = chunk_size_line(len, &mut self.size_line);
             self.crlf_left = 2;
         }
-        self.data = data;
     }
 
     fn pending(&self) -> bool {
         self.size_at < self.size_end || !self.data.is_empty() || self.crlf_left > 0
     }
 
-    /// Marks `n` written bytes done, in order: size line, data, CRLF.
+    /// Marks `n` written bytes done, in order: size line, frames, CRLF.
     fn advance(&mut self, mut n: usize) {
         let size_left = usize::from(self.size_end - self.size_at);
         let from_size = n.min(size_left);
         self.size_at += from_size as u8;
         n -= from_size;
-        let from_data = n.min(self.data.len());
-        self.data.advance(from_data);
-        n -= from_data;
+        while n > 0 && !self.data.is_empty() {
+            let from_data = n.min(self.data.len());
+            self.data.advance(from_data);
+            n -= from_data;
+            if self.data.is_empty() {
+                self.next_frame();
+            }
+        }
         self.crlf_left -= n.min(usize::from(self.crlf_left)) as u8;
+    }
+
+    /// Moves the next gathered frame to `data`, giving `more`'s buffer back once it is empty.
+    fn next_frame(&mut self) {
+        self.data = self.more.pop_front().unwrap_or_default();
+        if self.more.is_empty() && self.more.capacity() > 0 {
+            self.more = VecDeque::new();
+        }
+    }
+
+    /// Takes the body's frames that are ready, up to one write's worth: how many bytes were
+    /// taken, or the body's error.
+    fn gather(&mut self, cx: &mut Context<'_>) -> Result<usize, io::Error> {
+        let (mut len, mut taken) = (0, 0);
+        while !self.body_done && len < MAX_WRITE && taken < MAX_FRAMES {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    len += data.len();
+                    taken += 1;
+                    if self.data.is_empty() {
+                        self.data = data;
+                    } else {
+                        self.more.push_back(data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Err(io::Error::other(e)),
+                Poll::Ready(None) => {
+                    self.body_done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Ok(len)
+    }
+
+    /// Writes what is pending with one vectored write: `Ready(n)` for the bytes taken.
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let crlf = b"\r\n";
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        slices[0] =
+            IoSlice::new(&self.size_line[usize::from(self.size_at)..usize::from(self.size_end)]);
+        slices[1] = IoSlice::new(&self.data);
+        let mut used = 2;
+        for frame in self.more.iter().take(MAX_SLICES - 3) {
+            slices[used] = IoSlice::new(frame);
+            used += 1;
+        }
+        if used - 2 == self.more.len() {
+            slices[used] = IoSlice::new(&crlf[2 - usize::from(self.crlf_left)..]);
+            used += 1;
+        }
+        Pin::new(&mut *self.io).poll_write_vectored(cx, &slices[..used])
     }
 
     /// Whether the client has gone: reads (and ignores) what it sends until none is waiting.
@@ -400,15 +478,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for BodyWriter<'_, IO> {
         }
         loop {
             if this.pending() {
-                let crlf = b"\r\n";
-                let slices = [
-                    IoSlice::new(
-                        &this.size_line[usize::from(this.size_at)..usize::from(this.size_end)],
-                    ),
-                    IoSlice::new(&this.data),
-                    IoSlice::new(&crlf[2 - usize::from(this.crlf_left)..]),
-                ];
-                match Pin::new(&mut *this.io).poll_write_vectored(cx, &slices) {
+                match this.poll_write_pending(cx) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         this.advance(n);
@@ -435,22 +505,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for BodyWriter<'_, IO> {
                 ready!(Pin::new(&mut *this.io).poll_flush(cx))?;
                 return Pin::new(&mut *this.io).poll_shutdown(cx);
             }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        this.queue(data);
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    if this.chunked {
-                        this.queue(Bytes::new());
-                    }
-                }
-                Poll::Pending => return Poll::Pending,
+            let len = this.gather(cx)?;
+            if len > 0 {
+                this.frame(len);
+            } else if this.body_done {
+                this.ended = true;
+                this.frame(0);
+            } else {
+                return Poll::Pending;
             }
         }
     }
@@ -536,6 +598,14 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_streams_writer_state_stays_small() {
+        // Every idle subscriber holds one of these: it is most of what a stream costs after
+        // its socket.
+        let size = std::mem::size_of::<BodyWriter<'static, TcpStream>>();
+        assert!(size <= 160, "{size} bytes");
+    }
+
+    #[test]
     fn chunk_size_lines_are_hex() {
         for n in [
             0,
@@ -578,8 +648,9 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.contains("content-type: text/event-stream\r\n"), "{out}");
         assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        // Frames that are ready together go out as one chunk.
         assert!(
-            out.ends_with("\r\n\r\n9\r\ndata: 1\n\n\r\na\r\ndata: 22\n\n\r\n0\r\n\r\n"),
+            out.ends_with("\r\n\r\n13\r\ndata: 1\n\ndata: 22\n\n\r\n0\r\n\r\n"),
             "{out}"
         );
 
@@ -598,6 +669,101 @@ mod tests {
         assert!(out.contains("content-length: 1\r\n"), "{out}");
         assert!(!out.contains("chunked"), "{out}");
         assert!(out.ends_with("connection: close\r\n\r\nx"), "{out}");
+    }
+
+    /// A connection that takes at most `step` bytes per write, across the buffers of a
+    /// vectored write, and records them.
+    struct Trickle {
+        step: usize,
+        out: Vec<u8>,
+        writes: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            // A client that sends nothing and stays.
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.writes += 1;
+            let mut left = this.step;
+            for buf in bufs {
+                let n = left.min(buf.len());
+                this.out.extend_from_slice(&buf[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(this.step - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_frames_are_joined_into_one_chunk_however_the_writes_split_them() {
+        let frames: Vec<String> = (0..300)
+            .map(|i| format!("id: {i}\ndata: {i}\n\n"))
+            .collect();
+        let joined: String = frames.concat();
+        for step in [1, 7, 64, 100_000] {
+            let body = Body::from_stream(futures_util::stream::iter(
+                frames
+                    .clone()
+                    .into_iter()
+                    .map(|f| Ok::<_, std::convert::Infallible>(Bytes::from(f))),
+            ));
+            let mut io = Trickle {
+                step,
+                out: Vec::new(),
+                writes: 0,
+            };
+            BodyWriter::new(&mut io, body, true, DEFAULT_WRITE_TIMEOUT)
+                .await
+                .expect("written");
+            // At most MAX_FRAMES frames per chunk: 256, then the other 44.
+            let first: String = frames[..MAX_FRAMES].concat();
+            let second: String = frames[MAX_FRAMES..].concat();
+            let expected = format!(
+                "{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+                first.len(),
+                second.len()
+            );
+            assert_eq!(String::from_utf8_lossy(&io.out), expected, "step {step}");
+            assert_eq!(first.len() + second.len(), joined.len());
+            if step == 100_000 {
+                // No more than MAX_SLICES buffers per write: 256 frames take 5 writes.
+                assert_eq!(io.writes, 5 + 1 + 1, "step {step}");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

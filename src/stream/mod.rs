@@ -13,6 +13,7 @@
 //! only up to [`MAX_WRITE`]. A stream that stops reading therefore pins at most about two
 //! commits' frames, which the other streams share anyway.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -108,9 +109,10 @@ pub struct Subscription {
     /// Anything else the stream keeps until it ends (a Mercure subscription's registration,
     /// whose drop announces the end of the subscription).
     _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
-    /// A large commit's shared frames, taken from the hub after a write was already being
-    /// gathered: they go out as the next write, on their own, rather than copied into it.
-    next_out: Option<Bytes>,
+    /// Frames of the last write gathered, after its first: the stream yields them one by one
+    /// (each shared, never copied), and the writer joins those that are ready into one
+    /// vectored write.
+    queued: VecDeque<Bytes>,
 }
 
 impl Subscription {
@@ -143,7 +145,7 @@ impl Subscription {
             _slot: slot,
             _presence: None,
             _guard: None,
-            next_out: None,
+            queued: VecDeque::new(),
         }
     }
 
@@ -167,7 +169,11 @@ impl Subscription {
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(out) = self.next_out.take() {
+        if let Some(out) = self.queued.pop_front() {
+            if self.queued.is_empty() {
+                // Give the buffer back: an idle stream holds none.
+                self.queued = VecDeque::new();
+            }
             return Some(out);
         }
         loop {
@@ -264,7 +270,7 @@ impl Subscription {
             }
             if !chunk.is_empty() {
                 self.report_deliveries();
-                return Some(chunk.freeze());
+                return Some(self.emit(chunk));
             }
         }
     }
@@ -393,13 +399,7 @@ impl Subscription {
                 if commit.first_id() > self.cursor && self.admits_all(records) {
                     // Caught up and allowed every record (the usual case): the commit's
                     // frames, joined once for every stream, go out as they are.
-                    let frames = records.frames(self.options.format).clone();
-                    if chunk.is_empty() || commit.bytes() < MAX_WRITE / 4 {
-                        chunk.put(frames);
-                    } else {
-                        // A large commit after others: its own write, not a copy into this one.
-                        self.next_out = Some(frames);
-                    }
+                    chunk.put(records.frames(self.options.format).clone());
                     self.cursor = commit.last_id();
                     self.last_sent = Some(commit.last_id());
                     self.unreported += records.records().len() as u64;
@@ -443,7 +443,7 @@ impl Subscription {
     /// Merges whatever else is already waiting into the same write.
     fn drain(&mut self, chunk: &mut Gather) {
         for _ in 0..LIVE_BATCH {
-            if chunk.len() >= MAX_WRITE || self.next_out.is_some() {
+            if chunk.len() >= MAX_WRITE {
                 return;
             }
             match self.rx.try_recv() {
@@ -573,7 +573,16 @@ impl Subscription {
 
     fn end_after(&mut self, mut chunk: Gather, reason: &str) -> Bytes {
         chunk.put(self.end(reason));
-        chunk.freeze()
+        self.emit(chunk)
+    }
+
+    /// The first frame of `chunk`, queueing the rest to follow it.
+    fn emit(&mut self, chunk: Gather) -> Bytes {
+        let (first, rest) = chunk.into_frames();
+        if !rest.is_empty() {
+            self.queued = rest;
+        }
+        first
     }
 
     fn fail(&mut self, error: &str) -> Bytes {
