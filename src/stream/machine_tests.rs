@@ -139,7 +139,7 @@ impl Reader {
     }
 
     /// Reads to the end of the stream.
-    async fn to_end(&mut self) {
+    async fn read_to_end(&mut self) {
         while self.chunk().await {}
     }
 
@@ -507,7 +507,7 @@ async fn revocation_noticed_live_and_after_catch_up(backend: &Backend) {
     revoked.revoked = true;
     state.store.put_user(revoked).await.expect("revoke");
     state.hub.revoke("ann");
-    live.to_end().await;
+    live.read_to_end().await;
     assert_eq!(
         live.control().last().map(|f| f.data.as_str()),
         Some("{\"error\":\"user revoked\"}")
@@ -527,7 +527,7 @@ async fn revocation_noticed_live_and_after_catch_up(backend: &Backend) {
         state.store.put_user(user).await.expect("change");
         state.hub.revoke(name);
         stored.commits(&state, "a", 10).await;
-        reader.to_end().await;
+        reader.read_to_end().await;
         let end = reader.control().last().cloned().expect("a last frame");
         assert_eq!(end.event, "$error");
         assert_eq!(end.data, format!("{{\"error\":\"{change}\"}}"));
@@ -555,7 +555,7 @@ async fn expiry_idle_and_during_catch_up(backend: &Backend) {
     let mut behind = Reader::open(&state, Start::Snapshot, None, idle_caller);
     idle.until(|f| f.event == "$synced").await;
     behind.until(|f| f.event == "$synced").await;
-    idle.to_end().await;
+    idle.read_to_end().await;
     assert_eq!(
         idle.control().last().map(|f| f.data.as_str()),
         Some("{\"error\":\"token expired\"}")
@@ -563,7 +563,7 @@ async fn expiry_idle_and_during_catch_up(backend: &Backend) {
     // Past the expiry now; `behind` was not polled, so it has not noticed. Commits push it
     // past the ring.
     stored.commits(&state, "a", 10).await;
-    behind.to_end().await;
+    behind.read_to_end().await;
     assert_eq!(
         behind.control().last().map(|f| f.data.as_str()),
         Some("{\"error\":\"token expired\"}")
