@@ -12,6 +12,8 @@ pub mod patience;
 pub mod record_cache;
 pub mod store;
 pub mod subject;
+#[cfg(test)]
+pub(crate) mod test_server;
 pub mod version;
 
 use std::path::PathBuf;
