@@ -2,7 +2,12 @@
 # Runs broker-bench suites against a release build of Broker on this machine, writes the
 # results (JSON and Markdown) and the PNG plots under bench-results/<suite>/.
 #
-#   scripts/bench.sh quick|full|hostile|soak|cluster
+#   scripts/bench.sh quick|full|hostile|soak|cluster|tls
+#
+# tls: Broker on a fresh ECDSA P-256 certificate for localhost, measured with the tool's lean
+# rustls client (--tls-ca): 10,000 idle TLS streams (RSS per stream), 100 streams on one
+# HTTP/2 connection (--h2), and fan-out to 5,000 subscribers over TLS and over plain HTTP on
+# the same work, one after the other.
 #
 # cluster: a 3-node NATS JetStream cluster (nats-server from scripts/install-nats.sh) and 3
 # Broker nodes on it (--nats-replicas 3): idle subscribers spread over the nodes
@@ -27,8 +32,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${1:-quick}
 case $suite in
-  quick | full | hostile | soak | cluster) ;;
-  *) echo "usage: scripts/bench.sh quick|full|hostile|soak|cluster" >&2; exit 2 ;;
+  quick | full | hostile | soak | cluster | tls) ;;
+  *) echo "usage: scripts/bench.sh quick|full|hostile|soak|cluster|tls" >&2; exit 2 ;;
 esac
 cargo build --release -p broker -p broker-bench
 out=bench-results/$suite
@@ -67,7 +72,10 @@ start_broker() { # name, then extra flags: a fresh server with an empty database
   target/release/broker --host 127.0.0.1 --port $port --db "$dbs/$name" --max-streams 200000 "$@" \
     2>"$out/broker-$name.log" &
   pid=$!
-  for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do
+    { curl -sf http://127.0.0.1:$port/health || curl -sfk https://127.0.0.1:$port/health; } >/dev/null && break
+    sleep 0.1
+  done
   watchdog &
   watchdog_pid=$!
 }
@@ -204,6 +212,22 @@ elif [ "$suite" = soak ]; then
   broker soak --scenario soak --subscribers 5000 --publishers 40 --rate 200 --duration "$seconds" \
     --half-open 2000 --attack-workers 1 --login-rate 10 --probe-interval 1 --sample-every 5 \
     --warmup "$warmup" --source-addrs 16 --rss-kill-mib "$RSS_KILL_MIB"
+elif [ "$suite" = tls ]; then
+  tls_dir="$dbs/tls"
+  mkdir -p "$tls_dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+  tls_flags=(--tls-cert "$tls_dir/cert.pem" --tls-key "$tls_dir/key.pem")
+  tls() { run "$1" "https://localhost:$port" "$pid" broker --tls-ca "$tls_dir/cert.pem" "${@:2}"; }
+  start_broker tls-memory "${tls_flags[@]}"
+  tls tls-memory-10000 --subscribers 10000 --memory-step 2000 --publishers 1 --rate 1 --duration 1 --source-addrs 8
+  start_broker tls-h2 "${tls_flags[@]}"
+  tls tls-h2-memory-100 --h2 --subscribers 100 --memory-step 25 --publishers 1 --rate 1 --duration 1
+  start_broker tls-fan-out "${tls_flags[@]}"
+  tls tls-fan-out-5000 --subscribers 5000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
+  start_broker plain-fan-out
+  broker plain-fan-out-5000 --subscribers 5000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
 elif [ "$suite" = quick ]; then
   start_broker main --mercure-anonymous
   floor 1000 100

@@ -55,6 +55,7 @@ pub mod store;
 pub mod stream;
 pub mod stream_conn;
 pub mod stream_runtime;
+pub mod tls_conn;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -13,8 +13,7 @@ use axum::Router;
 use axum::ServiceExt;
 use axum::extract::Request;
 use axum_server::Handle;
-use axum_server::accept::DefaultAcceptor;
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use axum_server::tls_rustls::RustlsConfig;
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 use tower_http::normalize_path::NormalizePathLayer;
@@ -32,6 +31,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::jetstream::store::JetStreamStore;
 use crate::stream_conn::StreamAcceptor;
 use crate::stream_runtime::StreamRuntime;
+use crate::tls_conn::TlsAcceptor;
 
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
 pub struct App {
@@ -194,6 +194,15 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `config` with rustls's traffic keys handed over on request, which the lean TLS 1.3 stream
+/// path needs (`tls_conn::SealedTls`): a stream seals its records itself and keeps nothing
+/// else of the connection.
+fn with_key_handover(config: &RustlsConfig) -> RustlsConfig {
+    let mut inner = (*config.get_inner()).clone();
+    inner.enable_secret_extraction = true;
+    RustlsConfig::from_config(Arc::new(inner))
+}
+
 /// Admission for the connections of `app`, under its configured limits.
 fn connections(app: &App) -> Arc<Connections> {
     let config = &app.state.config;
@@ -332,12 +341,9 @@ pub async fn serve(
     // to that.
     let result = match tls {
         Some(tls) => {
-            let acceptor = RustlsAcceptor::new(tls)
-                .handshake_timeout(connections.limits().header_timeout)
-                .acceptor(AdmitAcceptor::under_tls(
-                    connections.clone(),
-                    DefaultAcceptor::new(),
-                ));
+            let tls = with_key_handover(&tls);
+            let acceptor =
+                AdmitAcceptor::under_tls(connections.clone(), TlsAcceptor::new(tls, streams));
             serve_all(listeners, &handle, |listener| {
                 let mut server = axum_server::Server::<SocketAddr>::from_listener(listener)
                     .acceptor(acceptor.clone());

@@ -36,7 +36,7 @@ use tower::ServiceExt;
 use crate::conn::{ConnSlot, Tracked};
 
 /// Longest request head looked at; a longer one goes to the general server.
-const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// First look at a request head; most fit.
 const PEEK_FIRST: usize = 1024;
 /// Most headers looked at; more go to the general server.
@@ -97,6 +97,58 @@ impl StreamAcceptor {
     pub fn streams(&self) -> TaskTracker {
         self.streams.clone()
     }
+
+    /// Serves the stream `request` (already parsed, its head `head_len` bytes still to be read
+    /// from `io`) on `io` in a task of its own, as for a plain connection: the TLS path's lean
+    /// streams.
+    pub(crate) fn spawn<IO>(&self, io: IO, slot: ConnSlot, request: Request, head_len: usize)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let start = StreamStart {
+            io,
+            slot,
+            request,
+            head_len,
+            router: self.service.clone(),
+            write_timeout: self.write_timeout,
+        };
+        spawn_stream(&self.streams, self.runtime.as_ref(), start);
+    }
+}
+
+/// What a stream task starts from.
+struct StreamStart<IO> {
+    io: IO,
+    slot: ConnSlot,
+    request: Request,
+    head_len: usize,
+    router: Service,
+    write_timeout: Duration,
+}
+
+/// Spawns the task serving `start` on `runtime` (else the current one), tracked by `streams`.
+fn spawn_stream<IO>(streams: &TaskTracker, runtime: Option<&Handle>, start: StreamStart<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let StreamStart {
+        io,
+        slot,
+        request,
+        head_len,
+        router,
+        write_timeout,
+    } = start;
+    let task = serve(io, slot, Box::new(request), head_len, router, write_timeout);
+    match runtime {
+        None => {
+            streams.spawn(task);
+        }
+        Some(runtime) => {
+            streams.spawn_on(task, runtime);
+        }
+    }
 }
 
 impl<S: Send + 'static> Accept<Tracked<TcpStream>, S> for StreamAcceptor {
@@ -122,23 +174,18 @@ impl<S: Send + 'static> Accept<Tracked<TcpStream>, S> for StreamAcceptor {
             let Some((stream, slot)) = stream.into_stream() else {
                 return Err(io::Error::other("connection closed by admission"));
             };
-            let request = Box::new(request);
-            match runtime {
-                None => {
-                    streams.spawn(serve(
-                        stream,
-                        slot,
-                        request,
-                        head_len,
-                        router,
-                        write_timeout,
-                    ));
-                }
-                Some(runtime) => {
-                    let task = serve(stream, slot, request, head_len, router, write_timeout);
-                    streams.spawn_on(task, &runtime);
-                }
-            }
+            spawn_stream(
+                &streams,
+                runtime.as_ref(),
+                StreamStart {
+                    io: stream,
+                    slot,
+                    request,
+                    head_len,
+                    router,
+                    write_timeout,
+                },
+            );
             // Served apart: the general server has nothing left to do with it.
             Err(io::Error::other("event stream served apart"))
         })
@@ -182,7 +229,7 @@ async fn peek_stream_request(stream: &Tracked<TcpStream>) -> io::Result<Option<(
 }
 
 /// Whether `bytes` are the valid beginning of an HTTP/1 request head that is not complete yet.
-fn head_pending(bytes: &[u8]) -> bool {
+pub(crate) fn head_pending(bytes: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     matches!(
         httparse::Request::new(&mut headers).parse(bytes),
@@ -240,8 +287,8 @@ pub fn parse_stream_request(bytes: &[u8]) -> Option<(Request, usize)> {
 /// request, the router's future and the response head live in a box that is gone by then.
 ///
 /// `slot` keeps the connection counted (and its address's share taken) until it closes.
-async fn serve(
-    mut stream: TcpStream,
+async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: IO,
     slot: ConnSlot,
     request: Box<Request>,
     head_len: usize,
@@ -446,6 +493,22 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> BodyWriter<'a, IO> {
         Pin::new(&mut *self.io).poll_write_vectored(cx, &slices[..used])
     }
 
+    /// A write waits for the client: arms the stall timer (or polls it), and fails once it has
+    /// run out.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timeout = self.write_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes for the write timeout",
+            )));
+        }
+        Poll::Pending
+    }
+
     /// Whether the client has gone: reads (and ignores) what it sends until none is waiting.
     fn client_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut scratch = [0u8; 64];
@@ -485,19 +548,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for BodyWriter<'_, IO> {
                         this.stall = None;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        let timeout = this.write_timeout;
-                        let stall = this
-                            .stall
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                        if stall.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the client took no bytes for the write timeout",
-                            )));
-                        }
-                        return Poll::Pending;
-                    }
+                    Poll::Pending => return this.stalled(cx),
                 }
                 continue;
             }
@@ -512,7 +563,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for BodyWriter<'_, IO> {
                 this.ended = true;
                 this.frame(0);
             } else {
-                return Poll::Pending;
+                // Nothing to send: what the connection still holds (a TLS record the socket
+                // did not take whole) goes out, and the stream waits for its next event.
+                return match Pin::new(&mut *this.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        this.stall = None;
+                        Poll::Pending
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => this.stalled(cx),
+                };
             }
         }
     }

@@ -6,6 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use common::tls::TlsServer;
 use common::{Server, TIMEOUT};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -488,44 +489,9 @@ async fn streams_over_the_per_address_cap_get_429() {
     }
 }
 
-/// A server with `args` serving TLS on a fresh self-signed certificate for `localhost`, and an
-/// HTTPS client that trusts it. The directory holds the certificate and the database.
-fn tls_server(args: &[&str]) -> (Server, reqwest::Client, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let made = std::process::Command::new("openssl")
-        .current_dir(dir.path())
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{}", lossy(&made.stderr));
-    let db = dir.path().join("db");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
-    cmd.args(["--host", "127.0.0.1", "--port", "0", "--no-auth"])
-        .args(args)
-        .arg("--db")
-        .arg(&db)
-        .arg("--tls-cert")
-        .arg(dir.path().join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.path().join("key.pem"));
-    let server = Server::spawn(cmd, db, "https");
-    common::install_crypto_provider();
-    let cert = std::fs::read(dir.path().join("cert.pem")).expect("cert");
-    let https = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("cert"))
-        .build()
-        .expect("client");
-    (server, https, dir)
-}
-
 #[tokio::test]
 async fn a_tls_handshake_never_finished_is_closed() {
-    let (server, https, _dir) = tls_server(&["--header-timeout", "1"]);
+    let TlsServer { server, https, .. } = TlsServer::start(&["--header-timeout", "1"]);
 
     let opened = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.expect("connect");
@@ -550,18 +516,13 @@ async fn a_tls_handshake_never_finished_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_stream_whose_client_stops_reading_is_cut_off_after_the_write_timeout() {
-    let (server, https, dir) = tls_server(&["--write-timeout", "1", "--max-body", "2097152"]);
+    let tls = TlsServer::start(&["--write-timeout", "1", "--max-body", "2097152"]);
+    let TlsServer { server, https, .. } = &tls;
     let base = format!("https://localhost:{}", server.addr.port());
     // The stream's body is never read: once the socket buffers are full, the server's
     // writes make no progress. (Over HTTP/1.1: on HTTP/2 the stream's flow-control window,
     // not the socket, holds the server back, and the connection stays usable.)
-    let cert = std::fs::read(dir.path().join("cert.pem")).expect("cert");
-    let http1 = reqwest::Client::builder()
-        .use_rustls_tls()
-        .http1_only()
-        .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("cert"))
-        .build()
-        .expect("client");
+    let http1 = TlsServer::client_for(&tls.cert(), true);
     let stalled = http1
         .get(format!("{base}/events"))
         .send()

@@ -149,6 +149,15 @@ pub struct Args {
     /// all in time goes on with those it has and says so.
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout: f64,
+    /// PEM certificates trusted for `https://` URLs (the server's self-signed certificate,
+    /// say), by the lean client and reqwest alike. With it, `https://` subscribers and
+    /// publishers use the lean client over rustls rather than reqwest.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With `--tls-ca`: `https://` subscribers and publishers go through reqwest instead, which
+    /// offers HTTP/2 and multiplexes every stream of one source address on one connection.
+    #[arg(long)]
+    pub h2: bool,
     /// Internal: run as a worker process of another broker-bench.
     #[arg(long, hide = true)]
     pub worker: bool,

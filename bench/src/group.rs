@@ -20,6 +20,7 @@ use broker_bench::system;
 
 use crate::config::{Args, Wire};
 use crate::profile;
+use crate::raw_http;
 use crate::stats::histogram;
 use crate::subscriber::{Conn, Progress, Subscriber};
 
@@ -129,10 +130,13 @@ impl Spec {
         }
     }
 
-    /// How subscriber `i` connects: the lean client for `http://`, reqwest for `https://`.
+    /// How subscriber `i` connects: the lean client for `http://`, and for `https://` with
+    /// `--tls-ca`; reqwest for other `https://` URLs.
     fn conn(&self, i: usize, clients: &[reqwest::Client]) -> Conn {
         match clients.get(i % clients.len().max(1)) {
-            Some(http) if !self.url.starts_with("http://") => Conn::Client(http.clone()),
+            Some(http) if !self.url.starts_with("http://") && !raw_http::tls_ready() => {
+                Conn::Client(http.clone())
+            }
             _ => Conn::Raw(system::source_addr(self.source_addrs, i)),
         }
     }
@@ -301,6 +305,12 @@ impl WorkerGroup {
             .args(["--publishers", &args.publishers.to_string()])
             .args(["--source-addrs", &args.source_addrs.to_string()])
             .args(args.reconnect.then_some("--reconnect"))
+            .args(args.h2.then_some("--h2"))
+            .args(
+                args.tls_ca
+                    .iter()
+                    .flat_map(|ca| [std::ffi::OsStr::new("--tls-ca"), ca.as_os_str()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

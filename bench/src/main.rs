@@ -41,6 +41,12 @@ use stats::{Summary, histogram};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(ca) = &args.tls_ca
+        && let Err(e) = raw_http::trust_pem_file(ca, !args.h2)
+    {
+        eprintln!("broker-bench: {e}");
+        return ExitCode::FAILURE;
+    }
     if args.hostile.half_open_worker {
         return match hostile::serve_half_open_worker(&args).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -102,7 +108,13 @@ fn clients(source_addrs: u8) -> Result<Vec<reqwest::Client>, String> {
     (0..usize::from(source_addrs).max(1))
         .map(|i| system::source_addr(source_addrs, i))
         .map(|addr| {
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder();
+            if let Some(pem) = raw_http::trusted_pem() {
+                for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())? {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            builder
                 .local_address(addr)
                 .pool_max_idle_per_host(1024)
                 .build()

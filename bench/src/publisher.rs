@@ -11,6 +11,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::config::Wire;
 use crate::profile::{self, Body, Sample};
 use crate::raw_client::RawClient;
+use crate::raw_http;
 use crate::stats::{histogram, now_us};
 
 /// What a publisher reports when it is done.
@@ -60,9 +61,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A publisher's HTTP client.
 pub enum Client {
-    /// `http://`: a lean kept-alive connection of its own.
+    /// `http://` (and `https://` with `--tls-ca`): a lean kept-alive connection of its own.
     Raw(RawClient),
-    /// `https://`: reqwest.
+    /// Other `https://` URLs: reqwest.
     Reqwest(reqwest::Client),
 }
 
@@ -71,7 +72,7 @@ impl Client {
     /// server that stops accepting at its connection limit still takes the publishes.
     pub async fn for_url(base: &str, http: &reqwest::Client) -> Result<Self, String> {
         let url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
-        if url.scheme() == "http" {
+        if url.scheme() == "http" || raw_http::tls_ready() {
             Ok(Self::Raw(RawClient::connect(&url, None).await?))
         } else {
             Ok(Self::Reqwest(http.clone()))

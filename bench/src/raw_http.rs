@@ -1,16 +1,25 @@
-//! A lean HTTP/1.1 client on plain `http://`: an event stream (a single `GET` on a TCP
-//! connection bound to a source address, then the decoded body bytes); the connection and
-//! response reading that [`crate::raw_client`] shares.
+//! A lean HTTP/1.1 client: an event stream (a single `GET` on a TCP connection bound to a
+//! source address, then the decoded body bytes); the connection and response reading that
+//! [`crate::raw_client`] shares.
 //!
 //! The tool holds tens of thousands of streams on the machine it measures, so each costs one
 //! socket and a small buffer rather than a general HTTP client's connection state, and a
-//! delivery costs one read and a scan; a publish costs two writes and a read. `https://`
-//! goes through reqwest instead.
+//! delivery costs one read and a scan; a publish costs two writes and a read. `https://` takes
+//! the same path over rustls (tokio-rustls, no HTTP client state) once `--tls-ca` has named the
+//! certificates to trust ([`trust_pem_file`]); without it, `https://` goes through reqwest.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 use crate::chunked::Chunked;
 
@@ -19,15 +28,111 @@ const READ_SIZE: usize = 4096;
 /// The longest response head accepted.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
+/// The certificates `--tls-ca` trusts (as read) and the lean client's TLS settings.
+static TRUSTED: OnceLock<(Vec<u8>, Arc<rustls::ClientConfig>)> = OnceLock::new();
+/// Whether `https://` streams and publishers use the lean client.
+static LEAN_TLS: AtomicBool = AtomicBool::new(false);
+
+/// Trusts the PEM certificates in `path` for `https://`, in the lean client and (through
+/// [`trusted_pem`]) reqwest; with `lean`, `https://` streams and publishers use the lean
+/// client from then on.
+pub fn trust_pem_file(path: &std::path::Path, lean: bool) -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The lean client speaks HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let _ = TRUSTED.set((pem, Arc::new(config)));
+    LEAN_TLS.store(lean, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The PEM certificates `--tls-ca` trusts, if given.
+pub fn trusted_pem() -> Option<&'static [u8]> {
+    TRUSTED.get().map(|(pem, _)| pem.as_slice())
+}
+
+/// Whether `https://` streams and publishers use the lean client (`--tls-ca` without `--h2`).
+pub fn tls_ready() -> bool {
+    LEAN_TLS.load(Ordering::Relaxed)
+}
+
+/// A connection's socket: plain, or TLS over it.
+pub(crate) enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An open event stream: the response was 2xx and its body follows.
 pub struct RawStream {
     conn: Connection,
     body: Framing,
 }
 
-/// A TCP connection and the bytes read from it but not yet used.
+/// A connection and the bytes read from it but not yet used.
 pub(crate) struct Connection {
-    pub(crate) tcp: TcpStream,
+    pub(crate) tcp: Io,
     pub(crate) raw: Vec<u8>,
     /// Spare room made before each read.
     read_size: usize,
@@ -68,6 +173,8 @@ pub(crate) enum Framing {
 pub struct Target {
     server: SocketAddr,
     pub(crate) host: String,
+    /// The name the server's certificate is checked against, for `https://`.
+    tls: Option<ServerName<'static>>,
 }
 
 impl Target {
@@ -77,6 +184,7 @@ impl Target {
         Self {
             server,
             host: server.to_string(),
+            tls: None,
         }
     }
 
@@ -85,7 +193,7 @@ impl Target {
         self.server
     }
 
-    /// Resolves the host of `url` (`http://host:port/...`).
+    /// Resolves the host of `url` (`http://host:port/...` or `https://`).
     pub async fn resolve(url: &reqwest::Url) -> Result<Self, String> {
         let host = url.host_str().ok_or("the URL has no host")?;
         let port = url.port_or_known_default().unwrap_or(80);
@@ -94,9 +202,17 @@ impl Target {
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host} has no address"))?;
+        let tls = match url.scheme() {
+            "https" => Some(
+                ServerName::try_from(host.to_owned())
+                    .map_err(|e| format!("{host} is not a TLS server name: {e}"))?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             server,
             host: format!("{host}:{port}"),
+            tls,
         })
     }
 }
@@ -143,6 +259,20 @@ impl Connection {
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
+        let tcp = match &target.tls {
+            None => Io::Plain(tcp),
+            Some(name) => {
+                let (_, config) = TRUSTED
+                    .get()
+                    .ok_or("https:// with the lean client needs --tls-ca")?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                Io::Tls(Box::new(tls))
+            }
+        };
         Ok(Self {
             tcp,
             raw: Vec::with_capacity(read_size),
@@ -306,7 +436,7 @@ impl RawStream {
     /// resumes reads faster with room).
     pub fn set_recv_buffer(&mut self, bytes: usize) -> Result<(), String> {
         self.conn.read_size = self.conn.read_size.max(bytes);
-        socket2::SockRef::from(&self.conn.tcp)
+        socket2::SockRef::from(self.conn.tcp.tcp())
             .set_recv_buffer_size(bytes)
             .map_err(|e| format!("cannot set SO_RCVBUF: {e}"))
     }

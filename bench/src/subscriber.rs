@@ -57,9 +57,10 @@ pub struct Subscriber {
 /// How a subscriber connects.
 #[derive(Clone)]
 pub enum Conn {
-    /// `http://` only: the lean client of [`raw_http`], from this source address.
+    /// `http://` (and `https://` with `--tls-ca`): the lean client of [`raw_http`], from this
+    /// source address.
     Raw(Option<IpAddr>),
-    /// `https://`: reqwest (bound to its source address).
+    /// Other `https://` URLs: reqwest (bound to its source address).
     Client(reqwest::Client),
 }
 

@@ -12,7 +12,7 @@ use super::{Connections, Refusal, TrackService, Tracked};
 
 /// Admits each accepted connection ([`Connections::admit`]), then hands it, wrapped in
 /// [`Tracked`] with its service in [`TrackService`], to the `inner` acceptor (the lean stream
-/// path, or nothing more; the TLS acceptor wraps this one). Also sets `TCP_NODELAY`: events
+/// path on a plain listener, the TLS handshake on a TLS one). Also sets `TCP_NODELAY`: events
 /// are small and must not wait for an ACK.
 #[derive(Clone)]
 pub struct AdmitAcceptor<A> {
@@ -32,7 +32,7 @@ impl<A> AdmitAcceptor<A> {
         }
     }
 
-    /// Admission under a TLS acceptor: refused connections are just closed.
+    /// Admission before the TLS handshake: refused connections are just closed.
     pub fn under_tls(connections: Arc<Connections>, inner: A) -> Self {
         Self {
             connections,

@@ -4,6 +4,7 @@
 
 pub mod nats;
 pub mod sse;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
