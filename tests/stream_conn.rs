@@ -6,35 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, TIMEOUT};
+use common::{Server, TIMEOUT, read_until};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-
-/// Reads until `needle` has arrived; returns everything read.
-async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        let n = timeout(deadline - Instant::now(), stream.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "waiting for {needle:?}, got {:?}",
-                    String::from_utf8_lossy(seen)
-                )
-            })
-            .expect("read");
-        assert!(
-            n > 0,
-            "connection closed before {needle:?}: {:?}",
-            String::from_utf8_lossy(seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(seen).into_owned()
-}
 
 /// Decodes a chunked body (everything after the head); panics on bad framing.
 fn dechunk(mut body: &str) -> String {

@@ -6,36 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::TIMEOUT;
 use common::tls::TlsServer;
+use common::{TIMEOUT, read_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
-
-/// Reads until `needle` has arrived in `seen`; returns everything read so far.
-async fn read_until<R: AsyncRead + Unpin>(io: &mut R, seen: &mut Vec<u8>, needle: &str) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        let n = timeout_at(deadline, io.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "waiting for {needle:?}, got {:?}",
-                    String::from_utf8_lossy(seen)
-                )
-            })
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before {needle:?}: {:?}",
-            String::from_utf8_lossy(seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(seen).into_owned()
-}
 
 /// Inserts `data` as a `greeting` on the default channel; returns its id.
 async fn insert(tls: &TlsServer, data: &str) -> u64 {

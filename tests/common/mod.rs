@@ -335,3 +335,33 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Reads from a raw connection until `needle` has arrived in `seen` (everything read so far,
+/// kept across calls); returns it as text. Panics after [`TIMEOUT`] or if the connection closes
+/// first.
+pub async fn read_until<R>(io: &mut R, seen: &mut Vec<u8>, needle: &str) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, io.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "waiting for {needle:?}, got {:?}",
+                    String::from_utf8_lossy(seen)
+                )
+            })
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(seen).into_owned()
+}
