@@ -47,6 +47,34 @@ where
     }
 }
 
+/// Runs `op`, one of the requests a node makes while it starts, until it succeeds or
+/// `patience` has run out, pausing half a second between tries and logging each failure. Right
+/// after NATS (re)starts, or while a cluster is busy, replica groups may still be electing
+/// leaders and a request may time out: a starting node keeps asking instead of exiting. The
+/// last error is returned once patience runs out.
+pub async fn while_starting<T, E, Fut>(
+    patience: Duration,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    E: Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match op().await {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "JetStream is not ready yet; retrying");
+                tokio::time::sleep(STARTUP_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Pause between two tries of a starting node's request.
+const STARTUP_PAUSE: Duration = Duration::from_millis(500);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +119,28 @@ mod tests {
         .await;
         assert_eq!(result, Err("wrong last sequence".to_owned()));
         assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_node_retries_any_error_until_patience_runs_out() {
+        let tries = AtomicUsize::new(0);
+        let result: Result<u32, String> = while_starting(Duration::from_secs(30), || async {
+            if tries.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err("timed out".to_owned())
+            } else {
+                Ok(3)
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(3));
+        let start = tokio::time::Instant::now();
+        let result: Result<u32, String> = while_starting(Duration::from_secs(5), || async {
+            Err("timed out".to_owned())
+        })
+        .await;
+        assert_eq!(result, Err("timed out".to_owned()));
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        assert!(start.elapsed() <= Duration::from_secs(6));
     }
 
     #[tokio::test(start_paused = true)]

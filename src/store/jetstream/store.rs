@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::fresh::FreshReads;
 use super::local::LocalView;
-use super::patience::{no_responders, patiently};
+use super::patience::{no_responders, patiently, while_starting};
 use super::record_cache::RecordCache;
 use super::subject;
 use super::{NatsOptions, connect};
@@ -156,23 +156,13 @@ impl JetStreamStore {
         let filter = format!("{prefix}.r.>");
         // Right after NATS itself (re)starts, the stream's and buckets' replica groups may
         // still be electing leaders: keep asking for a while before giving up.
-        let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
         let Layout {
             stream,
             users,
             meta,
             users_stream,
             meta_stream,
-        } = loop {
-            match Self::layout(&js, options, &filter).await {
-                Ok(layout) => break layout,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "JetStream is not ready yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        } = while_starting(STARTUP_PATIENCE, || Self::layout(&js, options, &filter)).await?;
         let (tx, rx) = mpsc::channel(4096);
         let closed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -276,7 +266,10 @@ impl JetStreamStore {
         changed: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<(), StoreError> {
         let users = self.users.clone();
-        let mut watch = users.watch_all().await.map_err(backend)?;
+        // Called as the node starts: a busy cluster may let the first try time out.
+        let mut watch = while_starting(STARTUP_PATIENCE, || users.watch_all())
+            .await
+            .map_err(backend)?;
         tokio::spawn(async move {
             let mut known: std::collections::HashMap<String, User> = Default::default();
             loop {
@@ -775,10 +768,11 @@ impl Writer {
 #[async_trait]
 impl Store for JetStreamStore {
     async fn feed(&self, sink: Arc<dyn CommitListener>) -> Result<(), StoreError> {
-        let after = self.last_id().await?;
+        // Attached as the node starts: a busy cluster may let the first reads time out.
+        let after = while_starting(STARTUP_PATIENCE, || self.last_id()).await?;
         // The node's view starts from a cut read now (as of `after` or later); the consumer
         // brings everything after `after`.
-        let cut = self.latest_cut(|_| true).await?;
+        let cut = while_starting(STARTUP_PATIENCE, || self.latest_cut(|_| true)).await?;
         self.local.load(&cut, after);
         self.cache.put(&cut);
         let local = self.local.clone();
