@@ -202,36 +202,8 @@ async fn sigterm_ends_streams_and_exits_zero() {
 #[tokio::test]
 async fn the_original_seed_command_line_serves_tls_with_http2() {
     let dir = tempfile::tempdir().unwrap();
-    let made = Command::new("openssl")
-        .current_dir(dir.path())
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "broker.rsa",
-            "-out",
-            "broker.pem",
-        ])
-        .args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
-        // A leaf certificate (not a CA), so the test client's verifier can trust it directly.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    // The seed's file names.
+    common::tls::self_signed(dir.path(), "broker.rsa", "broker.pem");
     let port = common::free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
     // Exactly the original Broker's documented flags; only the port is a free one.

@@ -9,6 +9,26 @@ use tokio_rustls::client::TlsStream;
 
 use super::Server;
 
+/// Writes a fresh self-signed RSA certificate for `localhost` and 127.0.0.1 and its key into
+/// `dir`, as `cert` and `key`. A leaf certificate (not a CA), so a client's verifier can trust
+/// it directly.
+pub fn self_signed(dir: &Path, key: &str, cert: &str) {
+    let made = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-keyout", key, "-out", cert, "-days", "2"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// A server serving TLS, its certificate, and the directory holding both and the database.
 pub struct TlsServer {
     /// The server, its address on 127.0.0.1.
@@ -23,20 +43,7 @@ impl TlsServer {
     /// A server with `args` serving TLS on a fresh self-signed certificate for `localhost`.
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let made = std::process::Command::new("openssl")
-            .current_dir(dir.path())
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
-            .args(["-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .output()
-            .expect("openssl");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        self_signed(dir.path(), "key.pem", "cert.pem");
         let db = dir.path().join("db");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
         cmd.args(["--host", "127.0.0.1", "--port", "0", "--no-auth"])
