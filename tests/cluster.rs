@@ -233,6 +233,78 @@ async fn an_insert_on_one_node_reaches_the_others_with_the_same_id() {
     .await;
 }
 
+/// Inserts `per_writer` events from each of `writers` concurrent writers on every node of
+/// `nodes`; every insert must succeed. Returns each answer's (id, timestamp).
+async fn insert_everywhere(
+    nodes: &[&Server],
+    token: &str,
+    writers: usize,
+    per_writer: u64,
+) -> Vec<(u64, u64)> {
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for w in 0..writers {
+            let (api, token) = (node.api(), token.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0..per_writer {
+                    let answer = api
+                        .insert(&token, &format!("n{n}w{w}"), json!(i), None)
+                        .await;
+                    let stamp = answer["timestamp"].as_u64().expect("timestamp");
+                    answers.push((id_of(&answer), stamp));
+                }
+                answers
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("writer"));
+    }
+    all.sort_unstable();
+    all
+}
+
+/// Ids are unique and consecutive from `first`, and timestamps increase with them.
+fn assert_one_order(answers: &[(u64, u64)], first: u64) {
+    let ids: Vec<u64> = answers.iter().map(|a| a.0).collect();
+    let expected: Vec<u64> = (first..first + ids.len() as u64).collect();
+    assert_eq!(ids, expected, "unique, consecutive ids");
+    assert!(
+        answers.windows(2).all(|w| w[0].1 < w[1].1),
+        "timestamps increase with the id: {answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_on_every_node_share_one_order_through_the_writers_death() {
+    limited(
+        "concurrent_inserts_on_every_node_share_one_order_through_the_writers_death",
+        async {
+            let cluster = NatsCluster::start();
+            let mut nodes: Vec<Server> = (0..3).map(|_| node(&cluster, &[])).collect();
+            let token = nodes[0].api().user("ada").await;
+            // Every node inserts at once: one node writes for all (the first one started
+            // holds the writer lease), the others forward to it; none is refused.
+            let before = insert_everywhere(&nodes.iter().collect::<Vec<_>>(), &token, 3, 20).await;
+            assert_one_order(&before, 1);
+            // The writer is killed: the other two go on inserting at once, first each on its
+            // own, then through whichever takes the lease over (3 s after its last renewal),
+            // in the same one order.
+            nodes[0].kill();
+            let killed = Instant::now();
+            let mut all = before;
+            while killed.elapsed() < Duration::from_secs(5) {
+                all.extend(insert_everywhere(&[&nodes[1], &nodes[2]], &token, 3, 10).await);
+            }
+            all.sort_unstable();
+            assert_one_order(&all, 1);
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_resumes_on_another_node_after_its_node_is_killed() {
     limited(

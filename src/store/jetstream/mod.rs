@@ -6,7 +6,9 @@
 //! one atomic batch with consecutive ids). An older server is refused at start with a message
 //! naming the version found and the one needed.
 
+pub mod forward;
 pub mod fresh;
+pub mod lease;
 pub mod local;
 pub mod patience;
 pub mod record_cache;
@@ -15,6 +17,7 @@ pub mod subject;
 #[cfg(test)]
 pub(crate) mod test_server;
 pub mod version;
+pub mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;

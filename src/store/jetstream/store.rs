@@ -3,15 +3,14 @@
 //!
 //! - **Records**: stream `<prefix>_records`, subjects `<prefix>.r.<channel>.<event>` (names
 //!   encoded by [`super::subject`]). The record id is the stream sequence.
-//! - **Writes**: each node has one writer task that gathers the appends waiting for it (group
-//!   commit, up to [`MAX_BATCH`] records) into one JetStream atomic batch. Its first message
-//!   carries `Nats-Expected-Last-Sequence`, the last sequence the writer knows: the batch is
-//!   stored only if nothing was written in between, so its records take consecutive ids right
-//!   after it, and their timestamps, `max(now, last timestamp + 1)` counting up, are unique and
-//!   increase with the id across the whole stream. When another node wrote first, the server
-//!   refuses the batch with "wrong last sequence"; the writer re-reads the stream's last record
-//!   and tries again. An append is answered only after the batch's ack (stored by a quorum of
-//!   the replicas).
+//! - **Writes**: one node at a time holds the writer lease ([`super::lease`]) and writes for
+//!   the deployment; the others forward their appends to it ([`super::forward`]). Its writer
+//!   ([`super::writer`]) gathers the appends waiting (group commit, up to [`MAX_BATCH`]
+//!   records) into one JetStream atomic batch under `Nats-Expected-Last-Sequence`, so that a
+//!   batch takes consecutive ids right after the last one the writer knows, and timestamps,
+//!   `max(now, last timestamp + 1)` counting up, are unique and increase with the id across the
+//!   whole stream; several batches are in flight at once. An append is answered only after its
+//!   batch's ack (stored by a quorum of the replicas).
 //! - **Feed**: one ordered consumer per node, from the sequence after the last one at attach
 //!   time, hands each JetStream batch to the hub as one commit (each message carries its
 //!   batch's size and its index in it).
@@ -29,7 +28,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
-use async_nats::{HeaderMap, Request};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -37,28 +35,31 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use super::forward;
 use super::fresh::FreshReads;
+use super::lease::{Holder, Lease};
 use super::local::LocalView;
-use super::patience::{no_responders, patiently, while_starting};
+use super::patience::{patiently, while_starting};
 use super::record_cache::RecordCache;
 use super::subject;
+use super::writer::{Append, Writer};
 use super::{NatsOptions, connect};
 use crate::store::{
     ChannelPredicate, ChannelSummary, CommitListener, NewRecord, Record, Store, StoreError, User,
-    now_micros, page_full,
+    page_full,
 };
 
 /// Most records in one atomic batch (nats-server's default `max_msgs` of a batch).
 pub const MAX_BATCH: usize = 1000;
 
 /// How long a JetStream request may take before the operation fails as unavailable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long start-up waits for JetStream's stream and buckets to answer.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How many times a writer retries a batch that another node's write overtook.
-const MAX_CONFLICTS: usize = 64;
+pub(super) const MAX_CONFLICTS: usize = 64;
 
 /// Parallel single-message reads of one page.
 const READ_CONCURRENCY: usize = 32;
@@ -72,28 +73,22 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A record as stored in a stream message (the id is the message's sequence).
 #[derive(Serialize, Deserialize)]
-struct Wire<'a> {
+pub(super) struct Wire<'a> {
     /// Channel.
-    c: std::borrow::Cow<'a, str>,
+    pub(super) c: std::borrow::Cow<'a, str>,
     /// Event.
-    e: std::borrow::Cow<'a, str>,
+    pub(super) e: std::borrow::Cow<'a, str>,
     /// Inserting user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    u: Option<std::borrow::Cow<'a, str>>,
+    pub(super) u: Option<std::borrow::Cow<'a, str>>,
     /// Timestamp, microseconds.
-    t: u64,
+    pub(super) t: u64,
     /// Size of the JetStream batch the record was written in, and its index there.
-    n: usize,
-    i: usize,
+    pub(super) n: usize,
+    pub(super) i: usize,
     /// The event's data.
     #[serde(borrow)]
-    d: &'a RawValue,
-}
-
-/// An append waiting for the writer.
-struct Append {
-    batch: Vec<NewRecord>,
-    reply: oneshot::Sender<Result<Vec<Arc<Record>>, StoreError>>,
+    pub(super) d: &'a RawValue,
 }
 
 /// The stream and buckets as start-up finds them.
@@ -118,6 +113,14 @@ pub struct JetStreamStore {
     meta_stream: stream::Stream,
     prefix: String,
     writer: mpsc::Sender<Append>,
+    /// This node's id, under which it takes forwarded appends.
+    node: String,
+    /// Who writes for the deployment.
+    lease: Lease,
+    /// Where appends go while another node holds the lease.
+    forwarder: mpsc::Sender<Append>,
+    /// The task answering forwarded appends.
+    forwards: tokio::task::JoinHandle<()>,
     closed: Arc<AtomicBool>,
     feed: OnceLock<tokio::task::JoinHandle<()>>,
     /// The node's index and recent records, kept by the feed.
@@ -133,12 +136,12 @@ pub struct JetStreamStore {
     user_reads: FreshReads<String, Option<Bytes>>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
 /// A failed request to NATS: the store is unreachable for now.
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -165,13 +168,30 @@ impl JetStreamStore {
         } = while_starting(STARTUP_PATIENCE, || Self::layout(&js, options, &filter)).await?;
         let (tx, rx) = mpsc::channel(4096);
         let closed = Arc::new(AtomicBool::new(false));
-        let writer = Writer {
-            client: client.clone(),
-            stream: stream.clone(),
-            subject_prefix: format!("{prefix}.r"),
-            last: None,
+        let node: String = {
+            use rand::Rng;
+            rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(16)
+                .map(char::from)
+                .collect()
         };
+        let lease = Lease::start(
+            meta.clone(),
+            meta_stream.clone(),
+            &format!("{prefix}_meta"),
+            node.clone(),
+        );
+        let writer = Writer::new(
+            client.clone(),
+            stream.clone(),
+            format!("{prefix}.r"),
+            lease.watch(),
+        );
         tokio::spawn(writer.run(rx));
+        let forwarder = forward::start(client.clone(), prefix.clone(), lease.watch(), tx.clone());
+        let forwards =
+            forward::serve(client.clone(), forward::subject(prefix, &node), tx.clone()).await?;
         Ok(Self {
             client,
             stream,
@@ -183,6 +203,10 @@ impl JetStreamStore {
             meta_stream,
             prefix: prefix.clone(),
             writer: tx,
+            node,
+            lease,
+            forwarder,
+            forwards,
             closed,
             feed: OnceLock::new(),
             local: Arc::new(LocalView::new(WINDOW_BYTES)),
@@ -307,6 +331,12 @@ impl JetStreamStore {
         self.client.clone()
     }
 
+    /// This node's id: the value of the writer lease while it holds it, and the last token of
+    /// the subject on which it takes forwarded appends.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
     /// `--nats-prefix`: every stream, bucket and subject name starts with it.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -343,6 +373,14 @@ impl JetStreamStore {
         self.local
             .caught_up(self.acked.load(Ordering::Acquire), REQUEST_TIMEOUT)
             .await
+    }
+
+    /// Notes the highest id this node has written (see `acked`) and passes the records on.
+    fn acknowledge(&self, records: Vec<Arc<Record>>) -> Result<Vec<Arc<Record>>, StoreError> {
+        if let Some(last) = records.last() {
+            self.acked.fetch_max(last.id, Ordering::AcqRel);
+        }
+        Ok(records)
     }
 
     /// The record with sequence `id`: from the recent window, the shared cache, or JetStream.
@@ -506,7 +544,7 @@ async fn read_key(
 }
 
 /// A stored message's record.
-fn decode(id: u64, payload: &[u8]) -> Result<Arc<Record>, StoreError> {
+pub(super) fn decode(id: u64, payload: &[u8]) -> Result<Arc<Record>, StoreError> {
     decode_wire(id, payload).map(|(record, _, _)| record)
 }
 
@@ -527,242 +565,6 @@ fn decode_wire(id: u64, payload: &[u8]) -> Result<(Arc<Record>, usize, usize), S
         wire.n,
         wire.i,
     ))
-}
-
-/// The node's one writer: group commit into atomic batches under expected-last-sequence.
-struct Writer {
-    client: async_nats::Client,
-    stream: stream::Stream,
-    subject_prefix: String,
-    /// The last sequence and timestamp this writer knows of.
-    last: Option<(u64, u64)>,
-}
-
-/// The answer to a batch commit.
-#[derive(Deserialize)]
-struct BatchAck {
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    count: u64,
-    #[serde(default)]
-    error: Option<ApiError>,
-}
-
-#[derive(Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    err_code: u64,
-    #[serde(default)]
-    description: String,
-}
-
-/// JetStream's error code for a failed `Nats-Expected-Last-Sequence`.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
-
-enum Outcome {
-    Stored(u64),
-    Conflict,
-    /// Nothing listened on the subject (the stream's leader is moving): nothing was stored.
-    NotHeard,
-}
-
-/// Pause before a batch that was not heard is sent again.
-const NOT_HEARD_PAUSE: Duration = Duration::from_millis(50);
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
-        while let Some(first) = rx.recv().await {
-            let mut group = vec![first];
-            let mut records = group[0].batch.len();
-            while let Ok(next) = rx.try_recv() {
-                if records + next.batch.len() > MAX_BATCH {
-                    self.commit(std::mem::replace(&mut group, vec![next])).await;
-                    records = group[0].batch.len();
-                } else {
-                    records += next.batch.len();
-                    group.push(next);
-                }
-            }
-            self.commit(group).await;
-        }
-    }
-
-    /// Re-reads the stream's last sequence and the last record's timestamp.
-    async fn refresh(&mut self) -> Result<(u64, u64), StoreError> {
-        let info = patiently(|| self.stream.get_info())
-            .await
-            .map_err(unavailable)?;
-        let seq = info.state.last_sequence;
-        let ts = if seq == 0 {
-            0
-        } else {
-            let message = patiently(|| self.stream.get_raw_message(seq))
-                .await
-                .map_err(backend)?;
-            decode(seq, &message.payload)?.timestamp
-        };
-        self.last = Some((seq, ts));
-        Ok((seq, ts))
-    }
-
-    async fn commit(&mut self, group: Vec<Append>) {
-        let result = match tokio::time::timeout(REQUEST_TIMEOUT, self.write(&group)).await {
-            Ok(result) => result,
-            Err(_) => Err(unavailable("no answer from JetStream")),
-        };
-        match result {
-            Ok(mut records) => {
-                for append in group {
-                    let rest = records.split_off(append.batch.len());
-                    let _ = append.reply.send(Ok(records));
-                    records = rest;
-                }
-            }
-            Err(e) => {
-                self.last = None;
-                for append in group {
-                    let err = match &e {
-                        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-                        other => StoreError::Backend(other.to_string()),
-                    };
-                    let _ = append.reply.send(Err(err));
-                }
-            }
-        }
-    }
-
-    async fn write(&mut self, group: &[Append]) -> Result<Vec<Arc<Record>>, StoreError> {
-        let count: usize = group.iter().map(|a| a.batch.len()).sum();
-        if count > MAX_BATCH {
-            return Err(backend(format!(
-                "a batch holds at most {MAX_BATCH} records in cluster mode"
-            )));
-        }
-        for _ in 0..MAX_CONFLICTS {
-            let (seq, ts) = match self.last {
-                Some(last) => last,
-                None => self.refresh().await?,
-            };
-            let first_stamp = now_micros().max(ts + 1);
-            let mut stamps = Vec::with_capacity(count);
-            let mut messages = Vec::with_capacity(count);
-            let records = group.iter().flat_map(|a| &a.batch).enumerate();
-            for (stamp, (i, record)) in (first_stamp..).zip(records) {
-                stamps.push(stamp);
-                let wire = Wire {
-                    c: record.channel.as_str().into(),
-                    e: record.event.as_str().into(),
-                    u: record.user.as_deref().map(Into::into),
-                    t: stamp,
-                    n: count,
-                    i,
-                    d: &record.data,
-                };
-                let payload = serde_json::to_vec(&wire).map_err(backend)?;
-                let subject = format!(
-                    "{}.{}.{}",
-                    self.subject_prefix,
-                    subject::encode(&record.channel),
-                    subject::encode(&record.event)
-                );
-                messages.push((subject, Bytes::from(payload)));
-            }
-            match self.publish(seq, messages).await? {
-                Outcome::Conflict => {
-                    self.refresh().await?;
-                }
-                Outcome::NotHeard => tokio::time::sleep(NOT_HEARD_PAUSE).await,
-                Outcome::Stored(last) => {
-                    let first = last + 1 - count as u64;
-                    if first != seq + 1 {
-                        self.last = None;
-                        return Err(backend(format!(
-                            "batch stored at {first}, expected {}",
-                            seq + 1
-                        )));
-                    }
-                    self.last = stamps.last().map(|&t| (last, t));
-                    let records = group
-                        .iter()
-                        .flat_map(|a| &a.batch)
-                        .zip(stamps)
-                        .enumerate()
-                        .map(|(i, (r, t))| {
-                            Arc::new(Record::new(
-                                first + i as u64,
-                                r.channel.clone(),
-                                r.event.clone(),
-                                t,
-                                r.user.clone(),
-                                r.data.clone(),
-                            ))
-                        })
-                        .collect();
-                    return Ok(records);
-                }
-            }
-        }
-        Err(backend("too many concurrent writers; try again"))
-    }
-
-    /// Publishes one atomic batch expecting `last` as the stream's last sequence.
-    async fn publish(
-        &self,
-        last: u64,
-        messages: Vec<(String, Bytes)>,
-    ) -> Result<Outcome, StoreError> {
-        let id: String = {
-            use rand::Rng;
-            use rand::distr::Alphanumeric;
-            rand::rng()
-                .sample_iter(Alphanumeric)
-                .take(22)
-                .map(char::from)
-                .collect()
-        };
-        let total = messages.len();
-        for (i, (subject, payload)) in messages.into_iter().enumerate() {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Batch-Id", id.as_str());
-            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            if i == 0 {
-                headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
-            }
-            if i + 1 < total {
-                self.client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(backend)?;
-                continue;
-            }
-            headers.insert("Nats-Batch-Commit", "1");
-            let request = Request::new()
-                .headers(headers)
-                .payload(payload)
-                .timeout(Some(REQUEST_TIMEOUT));
-            let answer = match self.client.send_request(subject, request).await {
-                Ok(answer) => answer,
-                Err(e) if no_responders(&e) => return Ok(Outcome::NotHeard),
-                Err(e) => return Err(unavailable(e)),
-            };
-            let ack: BatchAck = serde_json::from_slice(&answer.payload)
-                .map_err(|e| backend(format!("unreadable batch ack: {e}")))?;
-            if let Some(error) = ack.error {
-                if error.err_code == WRONG_LAST_SEQUENCE
-                    || error.description.contains("wrong last sequence")
-                {
-                    return Ok(Outcome::Conflict);
-                }
-                return Err(backend(format!("batch refused: {}", error.description)));
-            }
-            if ack.count != total as u64 {
-                return Err(backend("batch ack counts another size"));
-            }
-            return Ok(Outcome::Stored(ack.seq));
-        }
-        Err(backend("empty batch"))
-    }
 }
 
 #[async_trait]
@@ -837,16 +639,19 @@ impl Store for JetStreamStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        // The lease holder writes for everyone; without one, or when it does not listen, this
+        // node writes itself.
+        let queue = match self.lease.holder() {
+            Holder::Other(_) => &self.forwarder,
+            _ => &self.writer,
+        };
         let (reply, rx) = oneshot::channel();
-        self.writer
+        queue
             .send(Append { batch, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         let records = rx.await.map_err(|_| StoreError::Closed)??;
-        if let Some(last) = records.last() {
-            self.acked.fetch_max(last.id, Ordering::AcqRel);
-        }
-        Ok(records)
+        self.acknowledge(records)
     }
 
     async fn last_id(&self) -> Result<u64, StoreError> {
@@ -1067,6 +872,8 @@ impl Store for JetStreamStore {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.forwards.abort();
+        self.lease.release().await;
         if let Some(task) = self.feed.get() {
             task.abort();
         }
@@ -1130,5 +937,64 @@ mod tests {
             .await
             .expect("versions");
         assert_eq!(versions.len(), 10);
+    }
+
+    /// Waits (up to 10 s) until `store`'s view of the writer lease passes `ok`.
+    async fn lease_until(store: &JetStreamStore, ok: impl Fn(&Holder) -> bool) {
+        let mut watch = store.lease.watch();
+        tokio::time::timeout(Duration::from_secs(10), watch.wait_for(|h| ok(h)))
+            .await
+            .expect("the lease settles within 10 s")
+            .expect("the lease task runs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_node_writes_for_all_and_another_takes_over_when_it_stops() {
+        let server = NatsServer::start().await;
+        let a = JetStreamStore::open(&server.options("lease".into()))
+            .await
+            .expect("open a");
+        lease_until(&a, |h| *h == Holder::Me).await;
+        let b = JetStreamStore::open(&server.options("lease".into()))
+            .await
+            .expect("open b");
+        let holder = Holder::Other(a.node_id().to_owned());
+        lease_until(&b, |h| *h == holder).await;
+        // Concurrent appends on both nodes, single records and batches of three: all stored,
+        // b's through a, with consecutive ids and timestamps increasing with them.
+        let appends = (0..120).map(|i| {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let size = 1 + i % 3;
+            let batch = (0..size)
+                .map(|j| {
+                    conformance::new_record("c", &format!("e{}", i % 5), &format!("[{i},{j}]"))
+                })
+                .collect();
+            async move { (size, store.append(batch).await.expect("append")) }
+        });
+        let mut records = Vec::new();
+        for (size, batch) in futures_util::future::join_all(appends).await {
+            assert_eq!(batch.len(), size);
+            assert!(
+                batch.windows(2).all(|w| w[1].id == w[0].id + 1),
+                "a batch has consecutive ids"
+            );
+            records.extend(batch);
+        }
+        records.sort_unstable_by_key(|r| r.id);
+        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+        assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+        assert!(
+            records.windows(2).all(|w| w[0].timestamp < w[1].timestamp),
+            "timestamps increase with the id"
+        );
+        // a hands the lease back as it closes; b takes it and writes on.
+        a.close().await;
+        lease_until(&b, |h| *h == Holder::Me).await;
+        let after = b
+            .append(vec![conformance::new_record("c", "e0", "\"after\"")])
+            .await
+            .expect("append after the takeover");
+        assert_eq!(after[0].id, ids.len() as u64 + 1);
     }
 }

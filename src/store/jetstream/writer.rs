@@ -1,0 +1,554 @@
+//! The node's writer: group commit into JetStream atomic batches under expected-last-sequence.
+//!
+//! The appends waiting for the writer are gathered (up to [`MAX_BATCH`] records) into one
+//! atomic batch whose first message carries `Nats-Expected-Last-Sequence`, the last sequence the
+//! writer knows: the batch is stored only if nothing else was written in between, so its
+//! records take consecutive ids right after it, and their timestamps, `max(now, last timestamp
+//! + 1)` counting up, are unique and increase with the id across the whole stream. When another
+//! writer came first, the server refuses the batch ("wrong last sequence"); the writer re-reads
+//! the stream's last record and sends the batch again. An append is answered only after its
+//! batch's ack (stored by a quorum of the replicas), within [`REQUEST_TIMEOUT`].
+//!
+//! While this node holds the writer lease ([`super::lease`]) no other node writes, and the
+//! writer keeps up to [`PIPELINE`] batches in flight, each expecting the sequence the one
+//! before it ends at (JetStream checks the expectation against the sequences it has already
+//! proposed, so a chain of batches is stored in order). A refused or lost batch breaks the
+//! chain: the batches sent after it are settled as their answers come back (those refused are
+//! sent again), then the writer starts afresh from the stream's last record. Without the lease
+//! one batch is in flight at a time, which is safe with any number of writers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::lease::Holder;
+use super::patience::patiently;
+use super::store::{MAX_BATCH, MAX_CONFLICTS, REQUEST_TIMEOUT, Wire, backend, decode, unavailable};
+use super::subject;
+use crate::store::{NewRecord, Record, StoreError, now_micros};
+
+/// Most batches in flight while this node holds the writer lease. Two lets the next batch
+/// gather while one is being stored; more made no difference to throughput in the cluster
+/// benchmark (docs/BENCHMARKS.md), where the batches only got smaller.
+pub const PIPELINE: usize = 2;
+
+/// Pause before a batch that no one heard is sent again.
+const NOT_HEARD_PAUSE: Duration = Duration::from_millis(50);
+
+/// JetStream's error code for a failed `Nats-Expected-Last-Sequence`.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+
+/// An append waiting for the writer, and where its records (or the error) go.
+pub struct Append {
+    /// The records, stored as one batch with consecutive ids.
+    pub batch: Vec<NewRecord>,
+    /// Receives the stored records, in order, or why they were not stored.
+    pub reply: oneshot::Sender<Result<Vec<Arc<Record>>, StoreError>>,
+}
+
+/// Appends written together as one atomic batch.
+struct Group {
+    appends: Vec<Append>,
+    /// Records in all the appends.
+    count: usize,
+    /// Times a batch of this group was refused or not heard.
+    refused: usize,
+    /// When the group's answer is due.
+    due: Instant,
+}
+
+impl Group {
+    fn records(&self) -> impl Iterator<Item = &NewRecord> {
+        self.appends.iter().flat_map(|a| &a.batch)
+    }
+
+    /// Answers every append with its records, the group's first record having id `first`.
+    fn succeed(self, first: u64, stamps: &[u64]) {
+        let mut id = first;
+        let mut stamps = stamps.iter().copied();
+        for append in self.appends {
+            let records = append
+                .batch
+                .into_iter()
+                .zip(&mut stamps)
+                .map(|(r, stamp)| {
+                    let record = Record::new(id, r.channel, r.event, stamp, r.user, r.data);
+                    id += 1;
+                    Arc::new(record)
+                })
+                .collect();
+            let _ = append.reply.send(Ok(records));
+        }
+    }
+
+    /// Answers every append with `error`.
+    fn fail(self, error: &StoreError) {
+        for append in self.appends {
+            let _ = append.reply.send(Err(copy(error)));
+        }
+    }
+}
+
+/// The same error again, for each of the appends it answers.
+fn copy(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Backend(why) => StoreError::Backend(why.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// How the server answered a batch.
+enum Outcome {
+    /// Stored; the sequence of its last message.
+    Stored(u64),
+    /// Refused: the stream's last sequence was not the one expected.
+    Conflict,
+    /// Nothing listened on the subject (the stream's leader is moving): nothing was stored.
+    NotHeard,
+}
+
+/// A batch sent, waiting for its answer.
+struct InFlight {
+    group: Group,
+    /// The stream's last sequence the batch expects.
+    expected: u64,
+    stamps: Vec<u64>,
+    /// The last token of the subject its answer comes on.
+    token: u64,
+    /// Its answer, once it has come (or is overdue).
+    answer: Option<Result<Outcome, StoreError>>,
+}
+
+/// The answer to a batch commit.
+#[derive(Deserialize)]
+struct BatchAck {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    count: u64,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// What the writer waits for next.
+enum Event {
+    /// A message on the answers subscription (`None`: it ended).
+    Answer(Option<async_nats::Message>),
+    /// The oldest batch's answer is overdue.
+    Overdue,
+    /// An append (`None`: the channel closed).
+    Received(Option<Append>),
+}
+
+/// The node's one writer task (see the module docs).
+pub struct Writer {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    subject_prefix: String,
+    holder: watch::Receiver<Holder>,
+    /// The prefix of the subjects batch answers come on: `<inbox>.<token>`.
+    inbox: String,
+    /// The one subscription to `<inbox>.*` (made when the first batch goes out).
+    answers: Option<async_nats::Subscriber>,
+    /// The token of the next batch.
+    token: u64,
+    /// The last sequence and timestamp of the stream as this writer knows it, counting the
+    /// batches in flight; `None` when it must be read again.
+    tip: Option<(u64, u64)>,
+    inflight: VecDeque<InFlight>,
+    /// Groups to send again, first.
+    retries: VecDeque<Group>,
+    /// Appends received but not yet in a group.
+    waiting: VecDeque<Append>,
+    /// Whether the next batch waits [`NOT_HEARD_PAUSE`] first.
+    pause: bool,
+    /// Whether the append channel has closed.
+    closed: bool,
+}
+
+impl Writer {
+    /// A writer for `stream`, whose record subjects start with `subject_prefix`, pipelining
+    /// while `holder` says this node holds the lease.
+    pub fn new(
+        client: async_nats::Client,
+        stream: stream::Stream,
+        subject_prefix: String,
+        holder: watch::Receiver<Holder>,
+    ) -> Self {
+        let inbox = client.new_inbox();
+        Self {
+            client,
+            stream,
+            subject_prefix,
+            holder,
+            inbox,
+            answers: None,
+            token: 0,
+            tip: None,
+            inflight: VecDeque::new(),
+            retries: VecDeque::new(),
+            waiting: VecDeque::new(),
+            pause: false,
+            closed: false,
+        }
+    }
+
+    /// Writes the appends received on `rx` until it closes and everything is answered.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        loop {
+            // The oldest batches settle first, in order, once their answers are in.
+            while let Some(front) = self.inflight.front_mut()
+                && let Some(outcome) = front.answer.take()
+            {
+                if let Some(done) = self.inflight.pop_front() {
+                    self.settle(done, outcome);
+                }
+            }
+            let depth = if *self.holder.borrow() == Holder::Me {
+                PIPELINE
+            } else {
+                1
+            };
+            // After a broken chain, the batches still out settle before the stream is re-read.
+            let may_send =
+                self.inflight.len() < depth && (self.tip.is_some() || self.inflight.is_empty());
+            if may_send && let Some(group) = self.next_group(&mut rx) {
+                if std::mem::take(&mut self.pause) {
+                    tokio::time::sleep(NOT_HEARD_PAUSE).await;
+                }
+                self.send(group).await;
+                continue;
+            }
+            let event = match self.inflight.front() {
+                None if self.closed => return,
+                None => Event::Received(rx.recv().await),
+                Some(front) => {
+                    let due = front.group.due;
+                    let take = may_send && !self.closed;
+                    let answers = self.answers.as_mut();
+                    tokio::select! {
+                        biased;
+                        message = next_answer(answers) => Event::Answer(message),
+                        () = tokio::time::sleep_until(due) => Event::Overdue,
+                        append = rx.recv(), if take => Event::Received(append),
+                    }
+                }
+            };
+            match event {
+                Event::Answer(Some(message)) => self.take_answer(&message),
+                Event::Answer(None) => {
+                    self.answers = None;
+                    for batch in &mut self.inflight {
+                        batch.answer = Some(Err(unavailable("the connection to NATS closed")));
+                    }
+                }
+                Event::Overdue => {
+                    if let Some(front) = self.inflight.front_mut() {
+                        front.answer = Some(Err(unavailable("no answer from JetStream")));
+                    }
+                }
+                Event::Received(Some(append)) => self.waiting.push_back(append),
+                Event::Received(None) => self.closed = true,
+            }
+        }
+    }
+
+    /// Gives an answer to the batch in flight it is for (late answers are dropped).
+    fn take_answer(&mut self, message: &async_nats::Message) {
+        let token = message
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(batch) = self.inflight.iter_mut().find(|b| Some(b.token) == token)
+            && batch.answer.is_none()
+        {
+            batch.answer = Some(outcome(message, batch.group.count));
+        }
+    }
+
+    /// The next group to send: a refused one first, else the waiting appends, up to
+    /// [`MAX_BATCH`] records (an append larger than that alone).
+    fn next_group(&mut self, rx: &mut mpsc::Receiver<Append>) -> Option<Group> {
+        if let Some(group) = self.retries.pop_front() {
+            return Some(group);
+        }
+        let mut appends = Vec::new();
+        let mut count = 0;
+        loop {
+            let next = match self.waiting.pop_front() {
+                Some(append) => append,
+                None => match rx.try_recv() {
+                    Ok(append) => append,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.closed = true;
+                        break;
+                    }
+                },
+            };
+            if count > 0 && count + next.batch.len() > MAX_BATCH {
+                self.waiting.push_front(next);
+                break;
+            }
+            count += next.batch.len();
+            appends.push(next);
+        }
+        (!appends.is_empty()).then(|| Group {
+            appends,
+            count,
+            refused: 0,
+            due: Instant::now() + REQUEST_TIMEOUT,
+        })
+    }
+
+    /// Re-reads the stream's last sequence and the last record's timestamp.
+    async fn refresh(&mut self) -> Result<(u64, u64), StoreError> {
+        let info = patiently(|| self.stream.get_info())
+            .await
+            .map_err(unavailable)?;
+        let seq = info.state.last_sequence;
+        let ts = if seq == 0 {
+            0
+        } else {
+            let message = patiently(|| self.stream.get_raw_message(seq))
+                .await
+                .map_err(backend)?;
+            decode(seq, &message.payload)?.timestamp
+        };
+        self.tip = Some((seq, ts));
+        Ok((seq, ts))
+    }
+
+    /// Sends `group` as one atomic batch after the tip, or answers it with the error.
+    async fn send(&mut self, group: Group) {
+        if group.count > MAX_BATCH {
+            let error = backend(format!(
+                "a batch holds at most {MAX_BATCH} records in cluster mode"
+            ));
+            group.fail(&error);
+            return;
+        }
+        let (seq, ts) = match self.tip {
+            Some(tip) => tip,
+            None => match tokio::time::timeout_at(group.due, self.refresh()).await {
+                Ok(Ok(tip)) => tip,
+                result => {
+                    // JetStream does not answer: so are answered all the appends waiting.
+                    let error = match result {
+                        Ok(Err(e)) => e,
+                        _ => unavailable("no answer from JetStream"),
+                    };
+                    group.fail(&error);
+                    for group in std::mem::take(&mut self.retries) {
+                        group.fail(&error);
+                    }
+                    for append in std::mem::take(&mut self.waiting) {
+                        let _ = append.reply.send(Err(copy(&error)));
+                    }
+                    return;
+                }
+            },
+        };
+        let first_stamp = now_micros().max(ts + 1);
+        let stamps: Vec<u64> = (first_stamp..).take(group.count).collect();
+        let messages = match self.messages(&group, &stamps) {
+            Ok(messages) => messages,
+            Err(e) => {
+                group.fail(&e);
+                return;
+            }
+        };
+        let sent = match self.answers {
+            Some(_) => Ok(()),
+            None => self
+                .client
+                .subscribe(format!("{}.*", self.inbox))
+                .await
+                .map(|answers| self.answers = Some(answers))
+                .map_err(unavailable),
+        };
+        self.token += 1;
+        let reply = format!("{}.{}", self.inbox, self.token);
+
+        let sent = match sent {
+            Ok(()) => publish(&self.client, seq, messages, reply).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(()) => {
+                self.tip = stamps.last().map(|&t| (seq + group.count as u64, t));
+                self.inflight.push_back(InFlight {
+                    group,
+                    expected: seq,
+                    stamps,
+                    token: self.token,
+                    answer: None,
+                });
+            }
+            Err(e) => {
+                self.tip = None;
+                group.fail(&e);
+            }
+        }
+    }
+
+    /// The batch's messages: each record's subject and payload.
+    fn messages(&self, group: &Group, stamps: &[u64]) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let mut messages = Vec::with_capacity(group.count);
+        for (i, (record, &stamp)) in group.records().zip(stamps).enumerate() {
+            let wire = Wire {
+                c: record.channel.as_str().into(),
+                e: record.event.as_str().into(),
+                u: record.user.as_deref().map(Into::into),
+                t: stamp,
+                n: group.count,
+                i,
+                d: &record.data,
+            };
+            let payload = serde_json::to_vec(&wire).map_err(backend)?;
+            messages.push((self.subject(record), Bytes::from(payload)));
+        }
+        Ok(messages)
+    }
+
+    fn subject(&self, record: &NewRecord) -> String {
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            subject::encode(&record.channel),
+            subject::encode(&record.event)
+        )
+    }
+
+    /// Answers a batch's appends from the server's answer, or queues them to be sent again.
+    fn settle(&mut self, done: InFlight, outcome: Result<Outcome, StoreError>) {
+        let InFlight {
+            mut group,
+            expected,
+            stamps,
+            ..
+        } = done;
+        match outcome {
+            Ok(Outcome::Stored(last)) => {
+                let first = (last + 1).saturating_sub(group.count as u64);
+                if first == expected + 1 {
+                    group.succeed(first, &stamps);
+                } else {
+                    self.tip = None;
+                    let error = backend(format!(
+                        "batch stored at {first}, expected {}",
+                        expected + 1
+                    ));
+                    group.fail(&error);
+                }
+            }
+            Ok(outcome) => {
+                self.tip = None;
+                self.pause |= matches!(outcome, Outcome::NotHeard);
+                group.refused += 1;
+                if group.refused >= MAX_CONFLICTS {
+                    group.fail(&backend("too many concurrent writers; try again"));
+                } else {
+                    self.retries.push_back(group);
+                }
+            }
+            Err(e) => {
+                self.tip = None;
+                group.fail(&e);
+            }
+        }
+    }
+}
+
+/// The next message on the answers subscription; never, without one.
+async fn next_answer(answers: Option<&mut async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match answers {
+        Some(answers) => answers.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes one atomic batch expecting `last` as the stream's last sequence, its commit
+/// answered on `reply`.
+async fn publish(
+    client: &async_nats::Client,
+    last: u64,
+    messages: Vec<(String, Bytes)>,
+    reply: String,
+) -> Result<(), StoreError> {
+    let id: String = {
+        use rand::Rng;
+        use rand::distr::Alphanumeric;
+        rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(22)
+            .map(char::from)
+            .collect()
+    };
+    let total = messages.len();
+    if total == 0 {
+        return Err(backend("empty batch"));
+    }
+    let mut reply = Some(reply);
+    for (i, (subject, payload)) in messages.into_iter().enumerate() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Batch-Id", id.as_str());
+        headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        if i == 0 {
+            headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+        }
+        let commit = if i + 1 == total { reply.take() } else { None };
+        match commit {
+            None => client.publish_with_headers(subject, headers, payload).await,
+            Some(reply) => {
+                headers.insert("Nats-Batch-Commit", "1");
+                client
+                    .publish_with_reply_and_headers(subject, reply, headers, payload)
+                    .await
+            }
+        }
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// What the answer to a batch of `count` messages says.
+fn outcome(answer: &async_nats::Message, count: usize) -> Result<Outcome, StoreError> {
+    if answer.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        return Ok(Outcome::NotHeard);
+    }
+    let ack: BatchAck = serde_json::from_slice(&answer.payload)
+        .map_err(|e| backend(format!("unreadable batch ack: {e}")))?;
+    if let Some(error) = ack.error {
+        if error.err_code == WRONG_LAST_SEQUENCE
+            || error.description.contains("wrong last sequence")
+        {
+            return Ok(Outcome::Conflict);
+        }
+        return Err(backend(format!("batch refused: {}", error.description)));
+    }
+    if ack.count != count as u64 {
+        return Err(backend("batch ack counts another size"));
+    }
+    Ok(Outcome::Stored(ack.seq))
+}
