@@ -174,6 +174,11 @@ if [ "$suite" = cluster ]; then
     echo "== jetstream-raw"
     target/release/broker-bench-jetstream --nats "$nats_urls" --replicas 3 --publishers 64 --duration 10 \
       --json "$out/raw/jetstream-raw.json" | tee "$out/jetstream-raw.md"
+    # JetStream's own cost of atomic batches (what Broker's writer publishes): 4 publishers of 64.
+    echo "== jetstream-raw-batches"
+    target/release/broker-bench-jetstream --nats "$nats_urls" --replicas 3 --publishers 4 --atomic-batch 64 \
+      --duration 10 --stream bench_raw_batch --label jetstream-raw-batches \
+      --json "$out/raw/jetstream-raw-batches.json" | tee "$out/jetstream-raw-batches.md"
   fi
   if [[ $runs == *" failover "* ]]; then
     # Node 1 is killed 5 s into publishing; its subscribers resume on the others. The drain is

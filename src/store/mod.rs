@@ -202,9 +202,10 @@ pub trait CommitListener: Send + Sync + 'static {
 /// 6. **`since` never skips.** [`Store::since`] returns the records after `after` with no id
 ///    left out. A backend that no longer holds the history after `after` must not return the
 ///    ids after the hole as if nothing were missing: it must tell its caller, so that the stream
-///    sends `$reset` and a fresh snapshot instead of a replay with a gap. (Both the embedded and
-///    the JetStream design keep every record, so today the history is always there; a cursor
-///    newer than [`Store::last_id`] is the one case of an unknown id, answered with `$reset`.)
+///    sends `$reset` and a fresh snapshot instead of a replay with a gap. A cursor older than
+///    [`Store::oldest_id`] (history removed, say by a JetStream purge or age limit) or newer
+///    than [`Store::last_id`] is unknown, and answered with `$reset`; a hole found during a
+///    replay is an error, never skipped.
 /// 7. **The feed sees every commit, in id order, once.** The [`CommitListener`] given to
 ///    [`Store::feed`] is told of every commit made after it was attached, by any node of the
 ///    deployment, each record once, in id order and with batches whole; a record is
@@ -223,6 +224,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Id of the newest record, 0 when empty.
     async fn last_id(&self) -> Result<u64, StoreError>;
+
+    /// Id of the oldest record the store still holds the history from: a replay may start
+    /// after any id from `oldest_id() - 1` on, and an older `Last-Event-ID` is unknown (rule
+    /// 6). 1, the default, for a store that keeps every record ever written.
+    async fn oldest_id(&self) -> Result<u64, StoreError> {
+        Ok(1)
+    }
 
     /// Latest version of every (channel, event), restricted to `channels` when given, in id order.
     async fn latest(&self, channels: Option<Vec<String>>) -> Result<Vec<Arc<Record>>, StoreError>;

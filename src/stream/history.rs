@@ -41,7 +41,8 @@ pub(super) enum Opening {
 }
 
 /// Decides between replay and snapshot for a stream starting at `start`, and takes the
-/// snapshot's ids when it is one. An id newer than the store's last is unknown.
+/// snapshot's ids when it is one. An id newer than the store's last, or older than the history
+/// it holds, is unknown.
 pub(super) async fn open(
     store: &dyn Store,
     start: &Start,
@@ -51,7 +52,7 @@ pub(super) async fn open(
         Start::Snapshot => None,
         Start::Unknown(raw) => Some(raw.clone()),
         Start::After(id) => {
-            if *id <= store.last_id().await? {
+            if known(store, *id).await? {
                 return Ok(Opening::Replay(*id));
             }
             Some(id.to_string())
@@ -68,6 +69,12 @@ pub(super) async fn open(
         unknown,
         snapshot: Snapshot { ids, done: 0 },
     })
+}
+
+/// Whether the store can replay everything after `id`: not newer than its last record, and
+/// not older than the history it still holds.
+async fn known(store: &dyn Store, id: u64) -> Result<bool, StoreError> {
+    Ok(id <= store.last_id().await? && id.saturating_add(1) >= store.oldest_id().await?)
 }
 
 /// How a node-sse-server stream's history begins: the newest record of each channel asked
@@ -87,7 +94,7 @@ pub(super) async fn open_compat(
 ) -> Result<CompatOpening, StoreError> {
     let latest = store.latest(Some(channels)).await?;
     let replay_after = match *start {
-        Start::After(id) => (id <= store.last_id().await?).then_some(id),
+        Start::After(id) => known(store, id).await?.then_some(id),
         _ => None,
     };
     Ok(CompatOpening {

@@ -597,3 +597,35 @@ async fn state_machine_on_the_jetstream_store() {
     let server = NatsServer::start().await;
     run_all(&Backend::JetStream(server, AtomicUsize::new(0))).await;
 }
+
+/// History removed from JetStream (a purge, an age limit): a `Last-Event-ID` from before what
+/// the stream still holds is unknown (`$reset`, then the snapshot), never a replay with a gap;
+/// one from the edge of what it holds replays as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_removed_from_jetstream_gets_reset() {
+    let server = NatsServer::start().await;
+    let url = server.url().to_owned();
+    let backend = Backend::JetStream(server, AtomicUsize::new(0));
+    let (app, _dir) = backend.app(&[]).await;
+    let state = app.state().clone();
+    let mut stored = Stored::default();
+    stored.commits(&state, "a", 6).await;
+    let client = async_nats::connect(url).await.expect("connect");
+    let records = async_nats::jetstream::new(client)
+        .get_stream("m0_records")
+        .await
+        .expect("the records stream");
+    records.purge().sequence(4).await.expect("purge 1..=3");
+    assert_eq!(state.store.oldest_id().await.expect("oldest"), 4);
+
+    let mut gone = Reader::open(&state, Start::After(2), None, caller(None, &["*"]));
+    gone.until(|f| f.event == "$synced").await;
+    let first = gone.frames().into_iter().next().expect("a frame");
+    assert_eq!(first.event, "$reset");
+
+    let mut held = Reader::open(&state, Start::After(3), None, caller(None, &["*"]));
+    held.until(|f| f.event == "$synced").await;
+    assert!(held.control().iter().all(|f| f.event != "$reset"));
+    assert_eq!(held.records(), stored.after(3, |_| true));
+    app.close().await;
+}

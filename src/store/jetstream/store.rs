@@ -130,8 +130,8 @@ pub struct JetStreamStore {
     acked: AtomicU64,
     /// Snapshot records read from JetStream, shared.
     cache: RecordCache,
-    /// The stream's last sequence, read afresh and shared.
-    last_reads: FreshReads<(), u64>,
+    /// The stream's first and last sequences, read afresh and shared.
+    last_reads: FreshReads<(), (u64, u64)>,
     /// Users' stored values, read afresh and shared, by key.
     user_reads: FreshReads<String, Option<Bytes>>,
 }
@@ -373,6 +373,19 @@ impl JetStreamStore {
         self.local
             .caught_up(self.acked.load(Ordering::Acquire), REQUEST_TIMEOUT)
             .await
+    }
+
+    /// The stream's first and last sequences (JetStream says first = last + 1 once everything
+    /// was removed), read afresh, one read shared by concurrent callers.
+    async fn bounds(&self) -> Result<(u64, u64), StoreError> {
+        self.last_reads
+            .read((), || async {
+                patiently(|| self.stream.get_info())
+                    .await
+                    .map(|info| (info.state.first_sequence, info.state.last_sequence))
+            })
+            .await
+            .map_err(unavailable)
     }
 
     /// Notes the highest id this node has written (see `acked`) and passes the records on.
@@ -655,14 +668,11 @@ impl Store for JetStreamStore {
     }
 
     async fn last_id(&self) -> Result<u64, StoreError> {
-        self.last_reads
-            .read((), || async {
-                patiently(|| self.stream.get_info())
-                    .await
-                    .map(|info| info.state.last_sequence)
-            })
-            .await
-            .map_err(unavailable)
+        self.bounds().await.map(|(_, last)| last)
+    }
+
+    async fn oldest_id(&self) -> Result<u64, StoreError> {
+        self.bounds().await.map(|(first, _)| first.max(1))
     }
 
     async fn latest(&self, channels: Option<Vec<String>>) -> Result<Vec<Arc<Record>>, StoreError> {
@@ -740,7 +750,18 @@ impl Store for JetStreamStore {
         if after >= last {
             return Ok(Vec::new());
         }
-        self.range(after + 1, last, limit, max_bytes).await
+        let page = self.range(after + 1, last, limit, max_bytes).await?;
+        // Rule 6: a record removed from the stream (a purge, an age limit) is never skipped.
+        if let Some(missing) = (after + 1..)
+            .zip(&page)
+            .find_map(|(id, record)| (record.id != id).then_some(id))
+            .or_else(|| page.is_empty().then_some(after + 1))
+        {
+            return Err(backend(format!(
+                "the history after {after} is no longer complete: record {missing} was removed"
+            )));
+        }
+        Ok(page)
     }
 
     async fn versions(
@@ -996,5 +1017,30 @@ mod tests {
             .await
             .expect("append after the takeover");
         assert_eq!(after[0].id, ids.len() as u64 + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn since_reports_removed_history_instead_of_skipping_it() {
+        let server = NatsServer::start().await;
+        // No feed: reads go to JetStream, not to the node's window.
+        let store = JetStreamStore::open(&server.options("holes".into()))
+            .await
+            .expect("open");
+        for i in 0..5 {
+            store
+                .append(vec![conformance::new_record("c", "e", &i.to_string())])
+                .await
+                .expect("append");
+        }
+        store.stream.purge().sequence(3).await.expect("purge 1..=2");
+        assert_eq!(store.oldest_id().await.expect("oldest"), 3);
+        let error = store
+            .since(0, 100, usize::MAX)
+            .await
+            .expect_err("records 1 and 2 are gone");
+        assert!(error.to_string().contains("no longer complete"), "{error}");
+        let after = store.since(2, 100, usize::MAX).await.expect("since 2");
+        let ids: Vec<u64> = after.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [3, 4, 5]);
     }
 }
