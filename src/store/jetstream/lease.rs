@@ -3,12 +3,13 @@
 //! One node at a time holds the lease, key [`KEY`] of the meta bucket, whose value is the
 //! holder's node id. The holder renews it every [`RENEW`] with a compare-and-set on the key's
 //! revision. The other nodes forward their appends to it ([`super::forward`]), so that the
-//! stream has one writer, whose batches can be pipelined ([`super::writer`]) instead of taking
-//! turns under "wrong last sequence". A node that sees the same revision for [`STALE`] takes
-//! the lease over with a compare-and-set on that revision, which one node wins; a holder that
-//! could not renew for [`HOLD`] (well under [`STALE`]) steps down first, so two nodes never
-//! pipeline at once. While no node holds it, each writes its own appends one batch at a time,
-//! which is safe with any number of writers. A node shutting down hands the lease back at once.
+//! stream has one writer, gathering every node's appends into its batches ([`super::writer`])
+//! instead of taking turns with the others under "wrong last sequence". A node that sees the
+//! same revision for [`STALE`] takes the lease over with a compare-and-set on that revision,
+//! which one node wins; a holder that could not renew for [`HOLD`] (well under [`STALE`])
+//! steps down first. While no node holds it, or the holder does not answer, each node writes
+//! its own appends, which is safe with any number of writers, only slower. A node shutting down
+//! hands the lease back at once.
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //!   records) into one JetStream atomic batch under `Nats-Expected-Last-Sequence`, so that a
 //!   batch takes consecutive ids right after the last one the writer knows, and timestamps,
 //!   `max(now, last timestamp + 1)` counting up, are unique and increase with the id across the
-//!   whole stream; several batches are in flight at once. An append is answered only after its
+//!   whole stream. An append is answered only after its
 //!   batch's ack (stored by a quorum of the replicas).
 //! - **Feed**: one ordered consumer per node, from the sequence after the last one at attach
 //!   time, hands each JetStream batch to the hub as one commit (each message carries its
@@ -182,12 +182,7 @@ impl JetStreamStore {
             &format!("{prefix}_meta"),
             node.clone(),
         );
-        let writer = Writer::new(
-            client.clone(),
-            stream.clone(),
-            format!("{prefix}.r"),
-            lease.watch(),
-        );
+        let writer = Writer::new(client.clone(), stream.clone(), format!("{prefix}.r"));
         tokio::spawn(writer.run(rx));
         let forwarder = forward::start(client.clone(), prefix.clone(), lease.watch(), tx.clone());
         let forwards =

@@ -7,15 +7,18 @@
 //! + 1)` counting up, are unique and increase with the id across the whole stream. When another
 //! writer came first, the server refuses the batch ("wrong last sequence"); the writer re-reads
 //! the stream's last record and sends the batch again. An append is answered only after its
-//! batch's ack (stored by a quorum of the replicas), within [`REQUEST_TIMEOUT`].
+//! batch's ack (stored by a quorum of the replicas), within [`REQUEST_TIMEOUT`]. Answers come
+//! on one subscription, `<inbox>.<token>`, made once.
 //!
-//! While this node holds the writer lease ([`super::lease`]) no other node writes, and the
-//! writer keeps up to [`PIPELINE`] batches in flight, each expecting the sequence the one
-//! before it ends at (JetStream checks the expectation against the sequences it has already
-//! proposed, so a chain of batches is stored in order). A refused or lost batch breaks the
-//! chain: the batches sent after it are settled as their answers come back (those refused are
-//! sent again), then the writer starts afresh from the stream's last record. Without the lease
-//! one batch is in flight at a time, which is safe with any number of writers.
+//! One batch is in flight at a time, and that is what keeps the order safe. A second batch sent
+//! before the first is answered could only expect the sequence the first would end at; if the
+//! first were refused because another node wrote exactly as many records in between (a writer
+//! whose connection dropped sends its buffered batches when it is back), the second would be
+//! stored after that node's records with timestamps that may be older than theirs. JetStream
+//! offers no check a chain of batches could carry against that (`Nats-Expected-Last-Msg-Id` and
+//! per-subject expectations are refused or serialised in batches), and a second batch in
+//! flight measured no faster (docs/BENCHMARKS.md): while one batch is out, the next gathers.
+//! The writer lease ([`super::lease`]) is what keeps other nodes from writing at the same time.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,19 +30,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::lease::Holder;
 use super::patience::patiently;
 use super::store::{MAX_BATCH, MAX_CONFLICTS, REQUEST_TIMEOUT, Wire, backend, decode, unavailable};
 use super::subject;
 use crate::store::{NewRecord, Record, StoreError, now_micros};
-
-/// Most batches in flight while this node holds the writer lease. Two lets the next batch
-/// gather while one is being stored; more made no difference to throughput in the cluster
-/// benchmark (docs/BENCHMARKS.md), where the batches only got smaller.
-pub const PIPELINE: usize = 2;
 
 /// Pause before a batch that no one heard is sent again.
 const NOT_HEARD_PAUSE: Duration = Duration::from_millis(50);
@@ -153,7 +150,7 @@ struct ApiError {
 enum Event {
     /// A message on the answers subscription (`None`: it ended).
     Answer(Option<async_nats::Message>),
-    /// The oldest batch's answer is overdue.
+    /// The answer to the batch in flight is overdue.
     Overdue,
     /// An append (`None`: the channel closed).
     Received(Option<Append>),
@@ -164,7 +161,6 @@ pub struct Writer {
     client: async_nats::Client,
     stream: stream::Stream,
     subject_prefix: String,
-    holder: watch::Receiver<Holder>,
     /// The prefix of the subjects batch answers come on: `<inbox>.<token>`.
     inbox: String,
     /// The one subscription to `<inbox>.*` (made when the first batch goes out).
@@ -172,9 +168,10 @@ pub struct Writer {
     /// The token of the next batch.
     token: u64,
     /// The last sequence and timestamp of the stream as this writer knows it, counting the
-    /// batches in flight; `None` when it must be read again.
+    /// batch in flight; `None` when it must be read again.
     tip: Option<(u64, u64)>,
-    inflight: VecDeque<InFlight>,
+    /// The batch sent and not yet settled.
+    inflight: Option<InFlight>,
     /// Groups to send again, first.
     retries: VecDeque<Group>,
     /// Appends received but not yet in a group.
@@ -186,25 +183,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer for `stream`, whose record subjects start with `subject_prefix`, pipelining
-    /// while `holder` says this node holds the lease.
-    pub fn new(
-        client: async_nats::Client,
-        stream: stream::Stream,
-        subject_prefix: String,
-        holder: watch::Receiver<Holder>,
-    ) -> Self {
+    /// A writer for `stream`, whose record subjects start with `subject_prefix`.
+    pub fn new(client: async_nats::Client, stream: stream::Stream, subject_prefix: String) -> Self {
         let inbox = client.new_inbox();
         Self {
             client,
             stream,
             subject_prefix,
-            holder,
             inbox,
             answers: None,
             token: 0,
             tip: None,
-            inflight: VecDeque::new(),
+            inflight: None,
             retries: VecDeque::new(),
             waiting: VecDeque::new(),
             pause: false,
@@ -215,41 +205,30 @@ impl Writer {
     /// Writes the appends received on `rx` until it closes and everything is answered.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
         loop {
-            // The oldest batches settle first, in order, once their answers are in.
-            while let Some(front) = self.inflight.front_mut()
-                && let Some(outcome) = front.answer.take()
+            if let Some(outcome) = self.inflight.as_mut().and_then(|b| b.answer.take())
+                && let Some(done) = self.inflight.take()
             {
-                if let Some(done) = self.inflight.pop_front() {
-                    self.settle(done, outcome);
-                }
+                self.settle(done, outcome);
             }
-            let depth = if *self.holder.borrow() == Holder::Me {
-                PIPELINE
-            } else {
-                1
-            };
-            // After a broken chain, the batches still out settle before the stream is re-read.
-            let may_send =
-                self.inflight.len() < depth && (self.tip.is_some() || self.inflight.is_empty());
-            if may_send && let Some(group) = self.next_group(&mut rx) {
+            if self.inflight.is_none()
+                && let Some(group) = self.next_group(&mut rx)
+            {
                 if std::mem::take(&mut self.pause) {
                     tokio::time::sleep(NOT_HEARD_PAUSE).await;
                 }
                 self.send(group).await;
                 continue;
             }
-            let event = match self.inflight.front() {
+            let event = match &self.inflight {
                 None if self.closed => return,
                 None => Event::Received(rx.recv().await),
-                Some(front) => {
-                    let due = front.group.due;
-                    let take = may_send && !self.closed;
+                Some(batch) => {
+                    let due = batch.group.due;
                     let answers = self.answers.as_mut();
                     tokio::select! {
                         biased;
                         message = next_answer(answers) => Event::Answer(message),
                         () = tokio::time::sleep_until(due) => Event::Overdue,
-                        append = rx.recv(), if take => Event::Received(append),
                     }
                 }
             };
@@ -257,13 +236,13 @@ impl Writer {
                 Event::Answer(Some(message)) => self.take_answer(&message),
                 Event::Answer(None) => {
                     self.answers = None;
-                    for batch in &mut self.inflight {
+                    if let Some(batch) = &mut self.inflight {
                         batch.answer = Some(Err(unavailable("the connection to NATS closed")));
                     }
                 }
                 Event::Overdue => {
-                    if let Some(front) = self.inflight.front_mut() {
-                        front.answer = Some(Err(unavailable("no answer from JetStream")));
+                    if let Some(batch) = &mut self.inflight {
+                        batch.answer = Some(Err(unavailable("no answer from JetStream")));
                     }
                 }
                 Event::Received(Some(append)) => self.waiting.push_back(append),
@@ -272,14 +251,15 @@ impl Writer {
         }
     }
 
-    /// Gives an answer to the batch in flight it is for (late answers are dropped).
+    /// Gives an answer to the batch in flight if it is for it (late answers are dropped).
     fn take_answer(&mut self, message: &async_nats::Message) {
         let token = message
             .subject
             .rsplit('.')
             .next()
             .and_then(|t| t.parse::<u64>().ok());
-        if let Some(batch) = self.inflight.iter_mut().find(|b| Some(b.token) == token)
+        if let Some(batch) = &mut self.inflight
+            && Some(batch.token) == token
             && batch.answer.is_none()
         {
             batch.answer = Some(outcome(message, batch.group.count));
@@ -397,7 +377,7 @@ impl Writer {
         match sent {
             Ok(()) => {
                 self.tip = stamps.last().map(|&t| (seq + group.count as u64, t));
-                self.inflight.push_back(InFlight {
+                self.inflight = Some(InFlight {
                     group,
                     expected: seq,
                     stamps,
