@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use super::lease::Holder;
 use super::patience::no_responders;
 use super::store::{MAX_BATCH, REQUEST_TIMEOUT, backend, unavailable};
-use super::writer::Append;
+use super::writer::{Append, copy};
 use crate::store::{NewRecord, Record, StoreError};
 
 /// Most forwarding requests out at once.
@@ -245,11 +245,4 @@ async fn forward(client: &async_nats::Client, subject: String, group: Vec<Append
         let _ = append.reply.send(result);
     }
     Vec::new()
-}
-
-fn copy(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-        other => StoreError::Backend(other.to_string()),
-    }
 }

@@ -96,7 +96,7 @@ impl Group {
 }
 
 /// The same error again, for each of the appends it answers.
-fn copy(error: &StoreError) -> StoreError {
+pub(super) fn copy(error: &StoreError) -> StoreError {
     match error {
         StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
         StoreError::Closed => StoreError::Closed,
