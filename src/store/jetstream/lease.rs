@@ -145,6 +145,8 @@ async fn keep(
                 .await
                 .ok()
                 .and_then(Result::ok),
+            // Ours already: a renewal that timed out was stored after all.
+            Some((value, revision)) if *value == mine => Some(*revision),
             Some((value, revision)) => {
                 let stale = match seen {
                     Some((r, since)) if r == *revision => now.duration_since(since) >= STALE,
