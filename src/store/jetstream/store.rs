@@ -9,8 +9,8 @@
 //!   records) into one JetStream atomic batch under `Nats-Expected-Last-Sequence`, so that a
 //!   batch takes consecutive ids right after the last one the writer knows, and timestamps,
 //!   `max(now, last timestamp + 1)` counting up, are unique and increase with the id across the
-//!   whole stream. An append is answered only after its
-//!   batch's ack (stored by a quorum of the replicas).
+//!   whole stream. An append is answered only after its batch's ack (stored by a quorum of the
+//!   replicas).
 //! - **Feed**: one ordered consumer per node, from the sequence after the last one at attach
 //!   time, hands each JetStream batch to the hub as one commit (each message carries its
 //!   batch's size and its index in it).
