@@ -338,12 +338,7 @@ impl JetStreamStore {
     }
 
     fn subject(&self, channel: &str, event: &str) -> String {
-        format!(
-            "{}.{}.{}",
-            self.subject_prefix,
-            subject::encode(channel),
-            subject::encode(event)
-        )
+        subject::record(&self.subject_prefix, channel, event)
     }
 
     /// The channel of a record subject.

@@ -8,6 +8,12 @@
 //! so a subject names its channel and event back ([`decode`]). User names are encoded the same
 //! way as key-value keys.
 
+/// The subject of (`channel`, `event`) under `records`, the records' subject prefix
+/// (`<prefix>.r`).
+pub fn record(records: &str, channel: &str, event: &str) -> String {
+    format!("{records}.{}.{}", encode(channel), encode(event))
+}
+
 /// The subject-safe token of `name` (see the module docs).
 pub fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 1);

@@ -406,18 +406,10 @@ impl Writer {
                 d: &record.data,
             };
             let payload = serde_json::to_vec(&wire).map_err(backend)?;
-            messages.push((self.subject(record), Bytes::from(payload)));
+            let subject = subject::record(&self.subject_prefix, &record.channel, &record.event);
+            messages.push((subject, Bytes::from(payload)));
         }
         Ok(messages)
-    }
-
-    fn subject(&self, record: &NewRecord) -> String {
-        format!(
-            "{}.{}.{}",
-            self.subject_prefix,
-            subject::encode(&record.channel),
-            subject::encode(&record.event)
-        )
     }
 
     /// Answers a batch's appends from the server's answer, or queues them to be sent again.
