@@ -42,6 +42,16 @@ pub struct NatsOptions {
     pub prefix: String,
 }
 
+/// A random token of `len` ASCII letters and digits, safe in a subject: a node's id, a batch's.
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 /// How long the first connection may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

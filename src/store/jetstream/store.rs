@@ -168,14 +168,7 @@ impl JetStreamStore {
         } = while_starting(STARTUP_PATIENCE, || Self::layout(&js, options, &filter)).await?;
         let (tx, rx) = mpsc::channel(4096);
         let closed = Arc::new(AtomicBool::new(false));
-        let node: String = {
-            use rand::Rng;
-            rand::rng()
-                .sample_iter(rand::distr::Alphanumeric)
-                .take(16)
-                .map(char::from)
-                .collect()
-        };
+        let node = super::random_token(16);
         let lease = Lease::start(
             meta.clone(),
             meta_stream.clone(),

@@ -468,15 +468,7 @@ async fn publish(
     messages: Vec<(String, Bytes)>,
     reply: String,
 ) -> Result<(), StoreError> {
-    let id: String = {
-        use rand::Rng;
-        use rand::distr::Alphanumeric;
-        rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(22)
-            .map(char::from)
-            .collect()
-    };
+    let id = super::random_token(22);
     let total = messages.len();
     if total == 0 {
         return Err(backend("empty batch"));
