@@ -21,8 +21,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use super::lease::Holder;
 use super::patience::no_responders;
 use super::store::{MAX_BATCH, REQUEST_TIMEOUT, backend, unavailable};
-use super::writer::{Append, copy};
-use crate::store::{NewRecord, Record, StoreError};
+use super::writer::{Append, copy, stored};
+use crate::store::{NewRecord, StoreError};
 
 /// Most forwarding requests out at once.
 pub const IN_FLIGHT: usize = 8;
@@ -229,15 +229,9 @@ async fn forward(client: &async_nats::Client, subject: String, group: Vec<Append
     };
     for (append, answer) in group.into_iter().zip(answers) {
         let result = match answer {
-            Answer::Stored { first, stamps } if stamps.len() == append.batch.len() => Ok(append
-                .batch
-                .into_iter()
-                .zip(stamps)
-                .zip(first..)
-                .map(|((r, stamp), id)| {
-                    Arc::new(Record::new(id, r.channel, r.event, stamp, r.user, r.data))
-                })
-                .collect()),
+            Answer::Stored { first, stamps } if stamps.len() == append.batch.len() => {
+                Ok(stored(append.batch, first, stamps))
+            }
             Answer::Stored { .. } => Err(backend("the writer node stored another count")),
             Answer::Unavailable(why) => Err(StoreError::Unavailable(why)),
             Answer::Failed(why) => Err(StoreError::Backend(why)),

@@ -70,19 +70,12 @@ impl Group {
 
     /// Answers every append with its records, the group's first record having id `first`.
     fn succeed(self, first: u64, stamps: &[u64]) {
-        let mut id = first;
+        let mut first = first;
         let mut stamps = stamps.iter().copied();
         for append in self.appends {
-            let records = append
-                .batch
-                .into_iter()
-                .zip(&mut stamps)
-                .map(|(r, stamp)| {
-                    let record = Record::new(id, r.channel, r.event, stamp, r.user, r.data);
-                    id += 1;
-                    Arc::new(record)
-                })
-                .collect();
+            let count = append.batch.len();
+            let records = stored(append.batch, first, stamps.by_ref().take(count));
+            first += count as u64;
             let _ = append.reply.send(Ok(records));
         }
     }
@@ -93,6 +86,22 @@ impl Group {
             let _ = append.reply.send(Err(copy(error)));
         }
     }
+}
+
+/// The records of `batch` as stored: ids from `first` on, each with its timestamp.
+pub(super) fn stored(
+    batch: Vec<NewRecord>,
+    first: u64,
+    stamps: impl IntoIterator<Item = u64>,
+) -> Vec<Arc<Record>> {
+    batch
+        .into_iter()
+        .zip(stamps)
+        .zip(first..)
+        .map(|((r, stamp), id)| {
+            Arc::new(Record::new(id, r.channel, r.event, stamp, r.user, r.data))
+        })
+        .collect()
 }
 
 /// The same error again, for each of the appends it answers.
