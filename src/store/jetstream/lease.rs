@@ -18,6 +18,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::store::kv_entry;
+
 /// The lease's key in the meta bucket.
 pub const KEY: &str = "writer";
 
@@ -136,7 +138,7 @@ async fn keep(
             }
             continue;
         }
-        let current = match tokio::time::timeout(RENEW, read(&meta_stream, &subject)).await {
+        let current = match tokio::time::timeout(RENEW, kv_entry(&meta_stream, &subject)).await {
             Ok(Ok(current)) => current,
             _ => continue,
         };
@@ -183,19 +185,5 @@ async fn keep(
             *h = holder;
             changed
         });
-    }
-}
-
-/// The lease's value and revision, read from the leader of the bucket's stream; `None` when
-/// the key has none (never written, or deleted).
-async fn read(
-    meta_stream: &stream::Stream,
-    subject: &str,
-) -> Result<Option<(Bytes, u64)>, stream::LastRawMessageError> {
-    match meta_stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) if message.headers.get("KV-Operation").is_some() => Ok(None),
-        Ok(message) => Ok(Some((message.payload, message.sequence))),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e),
     }
 }

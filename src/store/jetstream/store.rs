@@ -529,13 +529,23 @@ async fn read_key(
     key: &str,
 ) -> Result<Option<Bytes>, StoreError> {
     let subject = format!("$KV.{bucket}.{key}");
-    match patiently(|| stream.get_last_raw_message_by_subject(&subject)).await {
-        Ok(message) => {
-            let deleted = message.headers.get("KV-Operation").is_some();
-            Ok((!deleted).then_some(message.payload))
-        }
+    patiently(|| kv_entry(stream, &subject))
+        .await
+        .map(|entry| entry.map(|(value, _)| value))
+        .map_err(unavailable)
+}
+
+/// The value and revision of key-value subject `subject` (`$KV.<bucket>.<key>`), read from the
+/// leader of the bucket's stream; `None` when the key has none (never written, or deleted).
+pub(super) async fn kv_entry(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<Option<(Bytes, u64)>, stream::LastRawMessageError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) if message.headers.get("KV-Operation").is_some() => Ok(None),
+        Ok(message) => Ok(Some((message.payload, message.sequence))),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(unavailable(e)),
+        Err(e) => Err(e),
     }
 }
 
