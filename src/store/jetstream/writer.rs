@@ -132,8 +132,6 @@ struct InFlight {
     stamps: Vec<u64>,
     /// The last token of the subject its answer comes on.
     token: u64,
-    /// Its answer, once it has come (or is overdue).
-    answer: Option<Result<Outcome, StoreError>>,
 }
 
 /// The answer to a batch commit.
@@ -214,11 +212,6 @@ impl Writer {
     /// Writes the appends received on `rx` until it closes and everything is answered.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
         loop {
-            if let Some(outcome) = self.inflight.as_mut().and_then(|b| b.answer.take())
-                && let Some(done) = self.inflight.take()
-            {
-                self.settle(done, outcome);
-            }
             if self.inflight.is_none()
                 && let Some(group) = self.next_group(&mut rx)
             {
@@ -242,36 +235,28 @@ impl Writer {
                 }
             };
             match event {
-                Event::Answer(Some(message)) => self.take_answer(&message),
+                Event::Answer(Some(message)) => {
+                    // Late answers, to batches already settled as overdue, are dropped.
+                    let token = token_of(&message);
+                    if let Some(done) = self.inflight.take_if(|b| Some(b.token) == token) {
+                        let outcome = outcome(&message, done.group.count);
+                        self.settle(done, outcome);
+                    }
+                }
                 Event::Answer(None) => {
                     self.answers = None;
-                    if let Some(batch) = &mut self.inflight {
-                        batch.answer = Some(Err(unavailable("the connection to NATS closed")));
+                    if let Some(done) = self.inflight.take() {
+                        self.settle(done, Err(unavailable("the connection to NATS closed")));
                     }
                 }
                 Event::Overdue => {
-                    if let Some(batch) = &mut self.inflight {
-                        batch.answer = Some(Err(unavailable("no answer from JetStream")));
+                    if let Some(done) = self.inflight.take() {
+                        self.settle(done, Err(unavailable("no answer from JetStream")));
                     }
                 }
                 Event::Received(Some(append)) => self.waiting.push_back(append),
                 Event::Received(None) => self.closed = true,
             }
-        }
-    }
-
-    /// Gives an answer to the batch in flight if it is for it (late answers are dropped).
-    fn take_answer(&mut self, message: &async_nats::Message) {
-        let token = message
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|t| t.parse::<u64>().ok());
-        if let Some(batch) = &mut self.inflight
-            && Some(batch.token) == token
-            && batch.answer.is_none()
-        {
-            batch.answer = Some(outcome(message, batch.group.count));
         }
     }
 
@@ -391,7 +376,6 @@ impl Writer {
                     expected: seq,
                     stamps,
                     token: self.token,
-                    answer: None,
                 });
             }
             Err(e) => {
@@ -459,6 +443,11 @@ impl Writer {
             }
         }
     }
+}
+
+/// The token a batch answer's subject ends with.
+fn token_of(answer: &async_nats::Message) -> Option<u64> {
+    answer.subject.rsplit('.').next()?.parse().ok()
 }
 
 /// The next message on the answers subscription; never, without one.
