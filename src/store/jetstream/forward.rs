@@ -10,6 +10,7 @@
 //! by the node itself.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_nats::Request;
@@ -20,8 +21,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::lease::Holder;
 use super::patience::no_responders;
-use super::store::{MAX_BATCH, REQUEST_TIMEOUT, backend, unavailable};
-use super::writer::{Append, copy, stored};
+use super::store::{REQUEST_TIMEOUT, backend, unavailable};
+use super::writer::{Append, copy, gather, stored};
 use crate::store::{NewRecord, StoreError};
 
 /// Most forwarding requests out at once.
@@ -135,29 +136,19 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel::<Append>(4096);
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        let mut carry: Option<Append> = None;
+        let mut held = VecDeque::new();
         loop {
-            let first = match carry.take() {
-                Some(append) => append,
-                None => match rx.recv().await {
-                    Some(append) => append,
+            if held.is_empty() {
+                match rx.recv().await {
+                    Some(append) => held.push_back(append),
                     None => return,
-                },
-            };
+                }
+            }
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
             // Whatever else waits by now goes in the same request.
-            let mut group = vec![first];
-            let mut records = group[0].batch.len();
-            while let Ok(next) = rx.try_recv() {
-                if records + next.batch.len() > MAX_BATCH {
-                    carry = Some(next);
-                    break;
-                }
-                records += next.batch.len();
-                group.push(next);
-            }
+            let (group, _, _) = gather(&mut held, &mut rx);
             let node = match &*holder.borrow() {
                 Holder::Other(node) => Some(node.clone()),
                 _ => None,

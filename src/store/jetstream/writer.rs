@@ -88,6 +88,39 @@ impl Group {
     }
 }
 
+/// The appends waiting, from `held` first and then `rx`, without waiting for more: up to
+/// [`MAX_BATCH`] records in all (an append larger than that alone). An append that would go
+/// past it is put back at the front of `held`. Also returns the number of records, and whether
+/// `rx` has closed.
+pub(super) fn gather(
+    held: &mut VecDeque<Append>,
+    rx: &mut mpsc::Receiver<Append>,
+) -> (Vec<Append>, usize, bool) {
+    let mut appends = Vec::new();
+    let mut count = 0;
+    let mut closed = false;
+    loop {
+        let next = match held.pop_front() {
+            Some(append) => append,
+            None => match rx.try_recv() {
+                Ok(append) => append,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            },
+        };
+        if count > 0 && count + next.batch.len() > MAX_BATCH {
+            held.push_front(next);
+            break;
+        }
+        count += next.batch.len();
+        appends.push(next);
+    }
+    (appends, count, closed)
+}
+
 /// The records of `batch` as stored: ids from `first` on, each with its timestamp.
 pub(super) fn stored(
     batch: Vec<NewRecord>,
@@ -266,27 +299,8 @@ impl Writer {
         if let Some(group) = self.retries.pop_front() {
             return Some(group);
         }
-        let mut appends = Vec::new();
-        let mut count = 0;
-        loop {
-            let next = match self.waiting.pop_front() {
-                Some(append) => append,
-                None => match rx.try_recv() {
-                    Ok(append) => append,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.closed = true;
-                        break;
-                    }
-                },
-            };
-            if count > 0 && count + next.batch.len() > MAX_BATCH {
-                self.waiting.push_front(next);
-                break;
-            }
-            count += next.batch.len();
-            appends.push(next);
-        }
+        let (appends, count, closed) = gather(&mut self.waiting, rx);
+        self.closed |= closed;
         (!appends.is_empty()).then(|| Group {
             appends,
             count,
