@@ -65,9 +65,9 @@ impl Lease {
         }
     }
 
-    /// Who holds the lease now.
-    pub fn holder(&self) -> Holder {
-        self.holder.borrow().clone()
+    /// Whether another node holds the lease now (read on every append: no copy of its id).
+    pub fn held_elsewhere(&self) -> bool {
+        matches!(*self.holder.borrow(), Holder::Other(_))
     }
 
     /// Follows who holds the lease.

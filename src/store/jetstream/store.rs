@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::forward;
 use super::fresh::FreshReads;
-use super::lease::{Holder, Lease};
+use super::lease::Lease;
 use super::local::LocalView;
 use super::patience::{patiently, while_starting};
 use super::record_cache::RecordCache;
@@ -647,9 +647,10 @@ impl Store for JetStreamStore {
         }
         // The lease holder writes for everyone; without one, or when it does not listen, this
         // node writes itself.
-        let queue = match self.lease.holder() {
-            Holder::Other(_) => &self.forwarder,
-            _ => &self.writer,
+        let queue = if self.lease.held_elsewhere() {
+            &self.forwarder
+        } else {
+            &self.writer
         };
         let (reply, rx) = oneshot::channel();
         queue
@@ -899,6 +900,7 @@ impl Store for JetStreamStore {
 mod tests {
     use super::*;
     use crate::store::conformance;
+    use crate::store::jetstream::lease::Holder;
     use crate::store::jetstream::test_server::NatsServer;
     use std::sync::atomic::AtomicUsize;
 
