@@ -366,19 +366,9 @@ impl Writer {
                 return;
             }
         };
-        let sent = match self.answers {
-            Some(_) => Ok(()),
-            None => self
-                .client
-                .subscribe(format!("{}.*", self.inbox))
-                .await
-                .map(|answers| self.answers = Some(answers))
-                .map_err(unavailable),
-        };
         self.token += 1;
         let reply = format!("{}.{}", self.inbox, self.token);
-
-        let sent = match sent {
+        let sent = match self.subscribe_answers().await {
             Ok(()) => publish(&self.client, seq, messages, reply).await,
             Err(e) => Err(e),
         };
@@ -397,6 +387,15 @@ impl Writer {
                 group.fail(&e);
             }
         }
+    }
+
+    /// Makes the one subscription batch answers come on, unless it is there.
+    async fn subscribe_answers(&mut self) -> Result<(), StoreError> {
+        if self.answers.is_none() {
+            let answers = self.client.subscribe(format!("{}.*", self.inbox)).await;
+            self.answers = Some(answers.map_err(unavailable)?);
+        }
+        Ok(())
     }
 
     /// The batch's messages: each record's subject and payload.
