@@ -2,7 +2,11 @@
 # Runs broker-bench suites against a release build of Broker on this machine, writes the
 # results (JSON and Markdown) and the PNG plots under bench-results/<suite>/.
 #
-#   scripts/bench.sh quick|full|hostile|soak|cluster|tls
+#   scripts/bench.sh quick|full|hostile|soak|cluster|tls|memory
+#
+# memory: a fresh server's RSS idle, right after a burst and every 10 s for 60 s more, for two
+# bursts (64 publishers inserting for 10 s; 100,000 distinct events, then 100 subscribers
+# taking their snapshot of them at once), each on its own fresh server; the table is memory.md.
 #
 # tls: Broker on a fresh ECDSA P-256 certificate for localhost, measured with the tool's lean
 # rustls client (--tls-ca): 10,000 idle TLS streams (RSS per stream), 100 streams on one
@@ -32,8 +36,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${1:-quick}
 case $suite in
-  quick | full | hostile | soak | cluster | tls) ;;
-  *) echo "usage: scripts/bench.sh quick|full|hostile|soak|cluster|tls" >&2; exit 2 ;;
+  quick | full | hostile | soak | cluster | tls | memory) ;;
+  *) echo "usage: scripts/bench.sh quick|full|hostile|soak|cluster|tls|memory" >&2; exit 2 ;;
 esac
 cargo build --release -p broker -p broker-bench
 out=bench-results/$suite
@@ -233,6 +237,28 @@ elif [ "$suite" = tls ]; then
   tls tls-fan-out-5000 --subscribers 5000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
   start_broker plain-fan-out
   broker plain-fan-out-5000 --subscribers 5000 --publishers 8 --rate 50 --duration 20 --source-addrs 16
+elif [ "$suite" = memory ]; then
+  rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status"; }
+  after_burst() { # name, then the burst's broker-bench arguments: one row of memory.md
+    local name=$1 idle after row t
+    shift
+    start_broker "$name"
+    sleep 3 # the server settles after its start (database open, first purges)
+    idle=$(rss_mib)
+    broker "$name" "$@" >/dev/null
+    after=$(rss_mib)
+    row="| $name | $idle | $after"
+    for t in 10 20 30 40 50 60; do
+      sleep 10
+      row="$row | $(rss_mib)"
+    done
+    echo "$row | $(awk -v a="$(rss_mib)" -v i="$idle" 'BEGIN {printf "%.2f", a / i}') |" | tee -a "$out/memory.md"
+  }
+  echo "| burst | idle MiB | right after | +10 s | +20 s | +30 s | +40 s | +50 s | +60 s | +60 s / idle |" >"$out/memory.md"
+  echo "|---|---|---|---|---|---|---|---|---|---|" >>"$out/memory.md"
+  after_burst inserts-64 --subscribers 1 --publishers 64 --duration 10
+  after_burst snapshot-100000-to-100 --snapshot-events 100000 --snapshot-readers 100 --subscribers 1 --publishers 1 --rate 1 --duration 1
+  cat "$out/memory.md"
 elif [ "$suite" = quick ]; then
   start_broker main --mercure-anonymous
   floor 1000 100

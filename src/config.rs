@@ -44,8 +44,10 @@ pub struct Config {
 
     /// Bytes of database pages kept in memory (redb's page cache). Reads of recent records
     /// (snapshots, replays) come from it; the rest of the file is read through the operating
-    /// system's file cache.
-    #[arg(long, env = "BROKER_DB_CACHE", default_value_t = 16 * 1024 * 1024,
+    /// system's file cache. Small by default: it stays full once a burst has filled it, while
+    /// the system's file cache serves the same pages and gives its memory back under pressure
+    /// (inserts and snapshots measured as fast with 2 MiB as with 16; docs/BENCHMARKS.md).
+    #[arg(long, env = "BROKER_DB_CACHE", default_value_t = 2 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub db_cache: u64,
 

@@ -20,7 +20,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::Error;
 use crate::api;
-use crate::auth::{Auth, file_modes, jwt};
+use crate::auth::{Auth, file_modes, jwt, password};
 use crate::config::Config;
 use crate::conn::{AdmitAcceptor, Connections, Limits, listeners};
 use crate::hub::Hub;
@@ -32,6 +32,9 @@ use crate::store::jetstream::store::JetStreamStore;
 use crate::stream_conn::StreamAcceptor;
 use crate::stream_runtime::StreamRuntime;
 use crate::tls_conn::TlsAcceptor;
+
+/// How often memory kept for password checks is looked at and, once unused, freed.
+const MEMORY_RELEASE_PERIOD: Duration = Duration::from_secs(5);
 
 /// An open Broker: store, hub and auth ready; serve it or mount its [`App::router`].
 pub struct App {
@@ -320,6 +323,7 @@ pub async fn serve(
 
     let connections = connections(&app);
     connections.spawn_sweeper();
+    tokio::spawn(password::release_unused_memory_every(MEMORY_RELEASE_PERIOD));
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
     let stream_runtime = match StreamRuntime::start(app.state().config.stream_threads) {

@@ -110,6 +110,10 @@ pub struct Args {
     /// (broker profile).
     #[arg(long, default_value_t = 0)]
     pub snapshot_events: usize,
+    /// How many subscribers take the `--snapshot-events` snapshot at once; the time is until
+    /// the last of them has it.
+    #[arg(long, default_value_t = 1)]
+    pub snapshot_readers: usize,
     /// Username for the broker profile (signed up if missing).
     #[arg(long, default_value = "bench")]
     pub user: String,

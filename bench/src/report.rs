@@ -54,7 +54,8 @@ pub struct Results {
     pub server_cpu_seconds: Option<f64>,
     /// This tool's own CPU seconds during the publishing period.
     pub tool_cpu_seconds: Option<f64>,
-    /// Seconds a new subscriber took to receive the snapshot of `--snapshot-events` events.
+    /// Seconds `--snapshot-readers` new subscribers took to receive the snapshot of
+    /// `--snapshot-events` events (until the last had it).
     pub snapshot_seconds: Option<f64>,
     /// Server memory after each step of `--memory-step` subscribers.
     pub memory_series: Vec<MemoryPoint>,
@@ -218,7 +219,14 @@ impl Results {
         if let Some(s) = self.snapshot_seconds {
             rows.push((
                 "snapshot",
-                format!("{} events in {:.3} s", a.snapshot_events, s),
+                if a.snapshot_readers > 1 {
+                    format!(
+                        "{} events to {} subscribers at once in {:.3} s",
+                        a.snapshot_events, a.snapshot_readers, s
+                    )
+                } else {
+                    format!("{} events in {:.3} s", a.snapshot_events, s)
+                },
             ));
         }
         let mut out = format!("| {} | |\n|---|---|\n", a.label);

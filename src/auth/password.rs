@@ -2,23 +2,66 @@
 //! design: run them through the [`HashPool`](super::hash_pool::HashPool).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{
     self, Output, ParamsString, PasswordHash, SaltString, rand_core::OsRng,
 };
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
-/// Argon2's working memory (7 MiB for [`params`]), kept between runs: at most one per core
-/// (the [`HashPool`](super::hash_pool::HashPool) runs no more at once) and at most
-/// [`MEMORY_KEPT`]. Allocated afresh for every run, the server's memory jumped by the size of
-/// every concurrent check during each burst of logins, and every run faulted its pages in.
-static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+/// Argon2's working memory (7 MiB for [`params`]), kept between runs while password checks
+/// keep coming: at most one per core (the [`HashPool`](super::hash_pool::HashPool) runs no
+/// more at once) and at most [`MEMORY_KEPT`]. Allocated afresh for every run, the server's
+/// memory jumped by the size of every concurrent check during each burst of logins, and every
+/// run faulted its pages in. Kept for good, it held 7 MiB per core after the last login of a
+/// burst; [`release_unused_memory`] gives back what a quiet spell left unused.
+static MEMORY: Mutex<Vec<KeptMemory>> = Mutex::new(Vec::new());
 
 /// Most working memories kept for reuse, whatever the number of cores.
 const MEMORY_KEPT: usize = 4;
 
-fn memory() -> MutexGuard<'static, Vec<Vec<Block>>> {
+/// How long a kept working memory may go unused before [`release_unused_memory`] frees it.
+pub const MEMORY_UNUSED: Duration = Duration::from_secs(10);
+
+/// One working memory and when a run last gave it back.
+struct KeptMemory {
+    blocks: Vec<Block>,
+    returned: Instant,
+}
+
+fn memory() -> MutexGuard<'static, Vec<KeptMemory>> {
     MEMORY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Frees the kept working memories that no run has used for `unused` (see [`MEMORY`]), and
+/// returns how many were freed.
+pub fn release_unused_memory(unused: Duration) -> usize {
+    let released = take_unused(&mut memory(), Instant::now(), unused);
+    // Dropped here, outside the lock: a password check need not wait for the frees.
+    released.len()
+}
+
+/// Calls [`release_unused_memory`] with [`MEMORY_UNUSED`] every `period`, for good: the
+/// server runs it beside its listeners.
+pub async fn release_unused_memory_every(period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let freed = release_unused_memory(MEMORY_UNUSED);
+        if freed > 0 {
+            tracing::debug!("freed {freed} unused Argon2 working memories");
+        }
+    }
+}
+
+/// Removes from `kept` the memories given back at least `unused` before `now`.
+fn take_unused(kept: &mut Vec<KeptMemory>, now: Instant, unused: Duration) -> Vec<KeptMemory> {
+    let (stale, fresh) = std::mem::take(kept)
+        .into_iter()
+        .partition(|m| now.saturating_duration_since(m.returned) >= unused);
+    *kept = fresh;
+    stale
 }
 
 /// The parameters of new hashes: Argon2id with 7 MiB, 5 passes, 1 lane, one of the settings
@@ -33,7 +76,10 @@ fn params() -> Params {
 /// Runs `run` with `blocks` blocks of working memory, reused from an earlier run if one of
 /// that size is free.
 fn with_memory<R>(blocks: usize, run: impl FnOnce(&mut [Block]) -> R) -> R {
-    let reused = memory().pop().filter(|m| m.len() == blocks);
+    let reused = memory()
+        .pop()
+        .map(|m| m.blocks)
+        .filter(|m| m.len() == blocks);
     let mut blocks = reused.unwrap_or_else(|| vec![Block::default(); blocks]);
     let result = run(&mut blocks);
     let kept = std::thread::available_parallelism()
@@ -41,7 +87,10 @@ fn with_memory<R>(blocks: usize, run: impl FnOnce(&mut [Block]) -> R) -> R {
         .min(MEMORY_KEPT);
     let mut free = memory();
     if free.len() < kept {
-        free.push(blocks);
+        free.push(KeptMemory {
+            blocks,
+            returned: Instant::now(),
+        });
     }
     result
 }
@@ -124,6 +173,25 @@ pub fn dummy_hash() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_memories_unused_long_enough_are_released() {
+        let start = Instant::now();
+        let kept_at = |secs| KeptMemory {
+            blocks: vec![Block::default(); usize::try_from(secs).unwrap_or(0) + 1],
+            returned: start + Duration::from_secs(secs),
+        };
+        let mut kept = vec![kept_at(0), kept_at(5), kept_at(8)];
+        let now = start + Duration::from_secs(15);
+        let released = take_unused(&mut kept, now, Duration::from_secs(10));
+        // Given back at 0 s and 5 s: unused for 15 s and 10 s. The one of 8 s stays.
+        let sizes = |v: &[KeptMemory]| v.iter().map(|m| m.blocks.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(&released), [1, 6]);
+        assert_eq!(sizes(&kept), [9]);
+        assert!(take_unused(&mut kept, now, Duration::from_secs(10)).is_empty());
+        assert_eq!(take_unused(&mut kept, now, Duration::ZERO).len(), 1);
+        assert!(kept.is_empty());
+    }
 
     #[test]
     fn hash_then_verify() {
