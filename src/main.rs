@@ -11,10 +11,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // mimalloc asks for transparent huge pages on its arenas: every fault on fresh memory
-    // then zeroes 2 MiB, which took 60 % of the server's CPU while a flood of connections
-    // arrived, and a touched huge page stays resident whole. Off, idle streams cost less and
-    // fan-out is no slower (docs/BENCHMARKS.md, "Half-open connections, accept queues").
+    // Transparent huge pages: every fault on fresh memory zeroes 2 MiB, which took 60 % of
+    // the server's CPU while a flood of connections arrived, and a touched huge page stays
+    // resident whole. Off, idle streams cost less and fan-out is no slower (docs/BENCHMARKS.md,
+    // "Half-open connections, accept queues"). mimalloc is built not to ask for them (its
+    // arena is reserved before `main`); this covers the rest of the process.
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         eprintln!("broker: cannot turn transparent huge pages off: {e}");
     }

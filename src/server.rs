@@ -323,7 +323,10 @@ pub async fn serve(
 
     let connections = connections(&app);
     connections.spawn_sweeper();
-    tokio::spawn(password::release_unused_memory_every(MEMORY_RELEASE_PERIOD));
+    tokio::spawn(password::release_unused_memory_every(
+        MEMORY_RELEASE_PERIOD,
+        app.state().shutdown.clone(),
+    ));
     // node-sse-server (Express) accepts `/subscribe/` for `/subscribe`; so does Broker.
     let routes = NormalizePathLayer::trim_trailing_slash().layer(router);
     let stream_runtime = match StreamRuntime::start(app.state().config.stream_threads) {

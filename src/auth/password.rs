@@ -8,6 +8,7 @@ use argon2::password_hash::{
     self, Output, ParamsString, PasswordHash, SaltString, rand_core::OsRng,
 };
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use tokio_util::sync::CancellationToken;
 
 /// Argon2's working memory (7 MiB for [`params`]), kept between runs while password checks
 /// keep coming: at most one per core (the [`HashPool`](super::hash_pool::HashPool) runs no
@@ -21,7 +22,7 @@ static MEMORY: Mutex<Vec<KeptMemory>> = Mutex::new(Vec::new());
 const MEMORY_KEPT: usize = 4;
 
 /// How long a kept working memory may go unused before [`release_unused_memory`] frees it.
-pub const MEMORY_UNUSED: Duration = Duration::from_secs(10);
+const MEMORY_UNUSED: Duration = Duration::from_secs(10);
 
 /// One working memory and when a run last gave it back.
 struct KeptMemory {
@@ -35,19 +36,22 @@ fn memory() -> MutexGuard<'static, Vec<KeptMemory>> {
 
 /// Frees the kept working memories that no run has used for `unused` (see [`MEMORY`]), and
 /// returns how many were freed.
-pub fn release_unused_memory(unused: Duration) -> usize {
+fn release_unused_memory(unused: Duration) -> usize {
     let released = take_unused(&mut memory(), Instant::now(), unused);
     // Dropped here, outside the lock: a password check need not wait for the frees.
     released.len()
 }
 
-/// Calls [`release_unused_memory`] with [`MEMORY_UNUSED`] every `period`, for good: the
-/// server runs it beside its listeners.
-pub async fn release_unused_memory_every(period: Duration) {
+/// Calls [`release_unused_memory`] with [`MEMORY_UNUSED`] every `period` until `shutdown`:
+/// the server runs it beside its listeners.
+pub async fn release_unused_memory_every(period: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
         let freed = release_unused_memory(MEMORY_UNUSED);
         if freed > 0 {
             tracing::debug!("freed {freed} unused Argon2 working memories");
